@@ -1,0 +1,83 @@
+"""Build the Cython/OpenMP kernels in csrc/ as extensions tinygpt._<name>.
+
+Environment switches:
+  TINYGPT_DEBUG=1    bounds and wraparound checks on, -O0 -g (slow; for hunting bugs)
+  TINYGPT_NATIVE=1   add -march=native (the wheel then only runs on this CPU family)
+  TINYGPT_NO_OPENMP=1  build serial kernels even when the compiler has OpenMP
+"""
+import glob
+import os
+import subprocess
+import sys
+import tempfile
+import warnings
+
+import numpy as np
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+DEBUG = os.environ.get("TINYGPT_DEBUG") == "1"
+NATIVE = os.environ.get("TINYGPT_NATIVE") == "1"
+
+
+def compiler_has_openmp(compiler) -> bool:
+    """Compile and link a tiny OpenMP program with the compiler setuptools will use."""
+    if os.environ.get("TINYGPT_NO_OPENMP") == "1":
+        return False
+    source = "#include <omp.h>\nint main(void) { return omp_get_max_threads() > 0 ? 0 : 1; }\n"
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "probe.c")
+        with open(path, "w") as f:
+            f.write(source)
+        try:
+            objects = compiler.compile([path], output_dir=tmp, extra_postargs=["-fopenmp"])
+            compiler.link_executable(objects, os.path.join(tmp, "probe"), extra_postargs=["-fopenmp"])
+        except Exception:
+            return False
+    return True
+
+
+class BuildExtWithOpenMP(build_ext):
+    """Add -fopenmp to every extension when the compiler supports it; otherwise warn and build serial."""
+
+    def build_extensions(self):
+        openmp = compiler_has_openmp(self.compiler)
+        if not openmp:
+            warnings.warn("tinygpt: the compiler has no OpenMP; building serial kernels")
+            print("tinygpt: WARNING: no OpenMP, kernels will run on one thread", file=sys.stderr)
+        for ext in self.extensions:
+            if openmp:
+                ext.extra_compile_args.append("-fopenmp")
+                ext.extra_link_args.append("-fopenmp")
+        super().build_extensions()
+
+
+compile_args = ["-O0", "-g"] if DEBUG else ["-O3"]
+if NATIVE:
+    compile_args.append("-march=native")
+
+extensions = [
+    Extension(
+        f"tinygpt._{os.path.splitext(os.path.basename(path))[0]}",
+        [path],
+        include_dirs=[np.get_include()],
+        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
+        extra_compile_args=list(compile_args),
+        extra_link_args=[],
+    )
+    for path in sorted(glob.glob("csrc/*.pyx"))
+]
+
+directives = {
+    "language_level": 3,
+    "boundscheck": DEBUG,
+    "wraparound": DEBUG,
+    "initializedcheck": DEBUG,
+    "cdivision": True,
+}
+
+setup(
+    ext_modules=cythonize(extensions, compiler_directives=directives),
+    cmdclass={"build_ext": BuildExtWithOpenMP},
+)

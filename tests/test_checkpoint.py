@@ -1,0 +1,64 @@
+import numpy as np
+import pytest
+
+from tinygpt import CharTokenizer, CheckpointError, TinyGPT, load_checkpoint, save_checkpoint
+from tinygpt.optim import AdamW
+
+
+def make():
+    tok = CharTokenizer("hello, world!\n")
+    model = TinyGPT(tok.vocab_size, d_model=16, n_heads=2, n_layers=2, max_seq_len=8, seed=4)
+    return model, tok
+
+
+def test_round_trip_gives_identical_logits_and_optimizer_state(tmp_path):
+    model, tok = make()
+    opt = AdamW(model.params, model.grads, model.decay_mask())
+    x = np.array([[1, 2, 3, 4]])
+    model.loss(x, x)
+    model.backward()
+    opt.step(1e-3)
+    path = tmp_path / "ckpt.npz"
+    save_checkpoint(path, model, tok, opt, step=7, extra={"note": "hi"})
+    loaded, loaded_tok, meta, opt_state = load_checkpoint(path)
+    np.testing.assert_array_equal(loaded.forward(x), model.forward(x))
+    assert loaded.config == model.config and loaded.dtype == model.dtype
+    assert loaded_tok.chars == tok.chars
+    assert meta["step"] == 7 and meta["extra"] == {"note": "hi"}
+    np.testing.assert_array_equal(opt_state["m"], opt.m)
+    assert int(opt_state["t"]) == 1
+    with np.load(path, allow_pickle=False) as f:  # loadable without pickle
+        assert "params" in f.files
+
+
+def test_missing_checkpoint_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_checkpoint(tmp_path / "none.npz")
+
+
+@pytest.mark.parametrize("cut", [0, 10, 0.5, -20])
+def test_truncated_checkpoint_is_a_clear_error(tmp_path, cut):
+    model, tok = make()
+    path = tmp_path / "ckpt.npz"
+    save_checkpoint(path, model, tok)
+    raw = path.read_bytes()
+    n = int(len(raw) * cut) if isinstance(cut, float) else (cut if cut >= 0 else len(raw) + cut)
+    path.write_bytes(raw[:n])
+    with pytest.raises(CheckpointError, match="not a readable tinygpt checkpoint"):
+        load_checkpoint(path)
+
+
+def test_foreign_npz_is_a_clear_error(tmp_path):
+    path = tmp_path / "other.npz"
+    np.savez(path, weights=np.zeros(3))
+    with pytest.raises(CheckpointError):
+        load_checkpoint(path)
+
+
+def test_save_leaves_no_temporary_files_and_replaces_atomically(tmp_path):
+    model, tok = make()
+    path = tmp_path / "ckpt.npz"
+    save_checkpoint(path, model, tok, step=1)
+    save_checkpoint(path, model, tok, step=2)
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt.npz"]
+    assert load_checkpoint(path)[2]["step"] == 2

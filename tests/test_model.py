@@ -1,0 +1,192 @@
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tinygpt import TinyGPT, ops
+from tinygpt.model import _views
+from tinygpt.optim import AdamW
+
+
+def tiny_model(dtype=np.float64, seed=0, **overrides):
+    config = dict(vocab_size=7, d_model=8, n_heads=2, n_layers=2, max_seq_len=6)
+    config.update(overrides)
+    model = TinyGPT(**config, seed=seed, dtype=dtype)
+    # move LayerNorm and biases off their 1/0 init so every gradient path carries signal
+    model.params += np.random.default_rng(seed + 1).normal(0, 0.1, model.params.size)
+    return model
+
+
+def numerical_gradient(model, x, y, eps=1e-6):
+    grad = np.zeros_like(model.params)
+    for i in range(model.params.size):
+        old = model.params[i]
+        model.params[i] = old + eps
+        plus = model.loss(x, y)
+        model.params[i] = old - eps
+        minus = model.loss(x, y)
+        model.params[i] = old
+        grad[i] = (plus - minus) / (2 * eps)
+    return grad
+
+
+def test_gradient_matches_finite_differences(backend):
+    model = tiny_model()
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 7, (2, 5))
+    y = rng.integers(0, 7, (2, 5))
+    y[0, 2] = -1  # an ignored target
+    model.loss(x, y)
+    model.backward()
+    analytic = _views(model.grads.copy(), model.shapes)
+    numeric = _views(numerical_gradient(model, x, y), model.shapes)
+    for name in analytic:
+        a, n = analytic[name], numeric[name]
+        if name == "wpe":  # rows past T get no gradient
+            assert np.all(a[5:] == 0)
+        scale = max(np.linalg.norm(a), np.linalg.norm(n), 1e-12)
+        assert np.linalg.norm(a - n) / scale < 1e-5, name
+
+
+def test_backward_needs_a_loss_first():
+    with pytest.raises(RuntimeError, match="loss"):
+        tiny_model().backward()
+
+
+@settings(max_examples=20, deadline=None)
+@given(t=st.integers(0, 5), new_token=st.integers(0, 6), seed=st.integers(0, 2**16))
+def test_changing_token_t_never_changes_earlier_logits(t, new_token, seed):
+    model = tiny_model(dtype=np.float64)
+    x = np.random.default_rng(seed).integers(0, 7, (2, 6))
+    changed = x.copy()
+    changed[:, t] = new_token
+    before, after = model.forward(x), model.forward(changed)
+    np.testing.assert_array_equal(before[:, :t], after[:, :t])
+
+
+def test_causality_holds_on_both_backends(backend):
+    model = tiny_model(dtype=np.float32)
+    x = np.random.default_rng(3).integers(0, 7, (3, 6))
+    changed = x.copy()
+    changed[:, 4] = (changed[:, 4] + 1) % 7
+    before, after = model.forward(x), model.forward(changed)
+    np.testing.assert_array_equal(before[:, :4], after[:, :4])
+    assert not np.allclose(before[:, 4], after[:, 4])
+
+
+def test_initial_loss_is_about_log_vocab():
+    model = TinyGPT(65)
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(0, 65, (8, 64)), rng.integers(0, 65, (8, 64))
+    assert abs(model.loss(x, y) - math.log(65)) < 0.1
+
+
+def test_tiny_model_overfits_one_batch():
+    model = TinyGPT(10, d_model=32, n_heads=2, n_layers=2, max_seq_len=16)
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(0, 10, (4, 16)), rng.integers(0, 10, (4, 16))
+    optimizer = AdamW(model.params, model.grads, model.decay_mask(), weight_decay=0.0)
+    for _ in range(300):
+        loss = model.loss(x, y)
+        model.backward()
+        optimizer.step(1e-2)
+    assert loss < 0.5
+
+
+def test_forward_shapes_and_dtypes():
+    for dtype in (np.float32, np.float64):
+        model = TinyGPT(11, d_model=16, n_heads=4, n_layers=1, max_seq_len=8, dtype=dtype)
+        assert model.forward(np.zeros((3, 8), dtype=np.int64)).shape == (3, 8, 11)
+        logits = model.forward(np.array([1, 2, 3]))
+        assert logits.shape == (3, 11) and logits.dtype == dtype
+        assert model(np.array([[1]])).shape == (1, 1, 11)
+
+
+def test_parameter_count_matches_gpt2_formula():
+    model = TinyGPT(65, d_model=128, n_heads=4, n_layers=4, max_seq_len=128)
+    C, V, L, T = 128, 65, 4, 128
+    per_layer = 12 * C * C + 13 * C
+    assert model.num_parameters() == V * C + T * C + L * per_layer + 2 * C + C * V
+    mask = model.decay_mask()
+    assert mask.sum() == V * C + T * C + L * 12 * C * C + C * V  # matrices and embeddings only
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(vocab_size=65, d_model=30, n_heads=4), "divisible"),
+    (dict(vocab_size=0), "vocab_size"),
+    (dict(vocab_size=65, n_layers=0), "n_layers"),
+    (dict(vocab_size=65, max_seq_len=-1), "max_seq_len"),
+    (dict(vocab_size=65, d_model=64.0), "d_model"),
+    (dict(vocab_size=65, dtype=np.float16), "dtype"),
+])
+def test_invalid_config_is_rejected(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        TinyGPT(**kwargs)
+
+
+@pytest.mark.parametrize("x,match", [
+    (np.zeros((1, 9), dtype=np.int64), "max_seq_len"),
+    (np.array([[0, 11]]), "outside"),
+    (np.array([[-1, 0]]), "outside"),
+    (np.array([[0.0, 1.0]]), "integer"),
+    (np.array([True, False]), "integer"),
+    (np.zeros((1, 2, 3), dtype=np.int64), "shape"),
+    (np.zeros((1, 0), dtype=np.int64), "at least one"),
+])
+def test_bad_token_ids_are_rejected(x, match):
+    model = TinyGPT(11, d_model=16, n_heads=4, n_layers=1, max_seq_len=8)
+    with pytest.raises(ValueError, match=match):
+        model.forward(x)
+
+
+def test_loss_rejects_mismatched_targets():
+    model = TinyGPT(11, d_model=16, n_heads=4, n_layers=1, max_seq_len=8)
+    with pytest.raises(ValueError, match="shape"):
+        model.loss(np.zeros((2, 4), dtype=int), np.zeros((2, 3), dtype=int))
+    with pytest.raises(ValueError, match="outside"):
+        model.loss(np.zeros((2, 4), dtype=int), np.full((2, 4), 11))
+    with pytest.raises(ValueError, match="integer"):
+        model.loss(np.zeros((2, 4), dtype=int), np.zeros((2, 4)))
+
+
+def test_generate_returns_prompt_plus_new_tokens_and_crops_context():
+    model = TinyGPT(11, d_model=16, n_heads=4, n_layers=1, max_seq_len=8)
+    prompt = np.arange(10) % 11  # longer than max_seq_len: cropped, not rejected
+    out = model.generate(prompt, 12, seed=0)
+    assert out.shape == (22,)
+    np.testing.assert_array_equal(out[:10], prompt)
+    assert out.min() >= 0 and out.max() < 11
+    np.testing.assert_array_equal(out, model.generate(prompt, 12, seed=0))
+    assert model.generate(np.array([[1, 2], [3, 4]]), 3, seed=0).shape == (2, 5)
+
+
+def test_generate_at_temperature_zero_is_greedy():
+    model = TinyGPT(11, d_model=16, n_heads=4, n_layers=1, max_seq_len=8)
+    out = model.generate(np.array([3]), 5, temperature=0)
+    ids = np.array([3])
+    for _ in range(5):
+        ids = np.append(ids, model.forward(ids[-8:])[-1].argmax())
+    np.testing.assert_array_equal(out, ids)
+
+
+def test_generate_top_k_samples_only_the_k_likeliest():
+    model = TinyGPT(11, d_model=16, n_heads=4, n_layers=1, max_seq_len=8, seed=5)
+    model.p["head_w"][...] = np.random.default_rng(0).normal(0, 1.0, model.p["head_w"].shape)
+    prompt = np.array([[4]] * 200)
+    allowed = np.argsort(model.forward(np.array([4]))[-1])[-2:]
+    first = model.generate(prompt, 1, temperature=2.0, top_k=2, seed=1)[:, 1]
+    assert set(first.tolist()) <= set(allowed.tolist())
+    assert len(set(first.tolist())) == 2
+
+
+@pytest.mark.parametrize("kwargs", [dict(max_new_tokens=-1), dict(max_new_tokens=2.5),
+                                    dict(max_new_tokens=3, temperature=-1.0),
+                                    dict(max_new_tokens=3, top_k=0)])
+def test_generate_rejects_bad_arguments(kwargs):
+    model = TinyGPT(11, d_model=16, n_heads=4, n_layers=1, max_seq_len=8)
+    with pytest.raises(ValueError):
+        model.generate(np.array([1]), **kwargs)
+    with pytest.raises(ValueError):
+        model.generate(np.array([1.0]), 2)

@@ -1,0 +1,89 @@
+import math
+
+import numpy as np
+import pytest
+
+from tinygpt import CharTokenizer, TinyGPT, train_model
+from tinygpt.data import split
+
+
+def test_training_smoke_lowers_val_loss_by_more_than_a_nat(shakespeare_text):
+    text = shakespeare_text[:50_000]
+    tok = CharTokenizer(text)
+    train, val = split(np.array(tok.encode(text)))
+    model = TinyGPT(tok.vocab_size, d_model=64, n_heads=4, n_layers=2, max_seq_len=64)
+    history = train_model(model, train, epochs=1, batch_size=16, seq_len=64, lr=3e-3,
+                          val_data=val, warmup_steps=10, max_steps=100, eval_interval=50)
+    assert history["step"] == list(range(1, 101))
+    assert history["eval_step"] == [50, 100]
+    initial = math.log(tok.vocab_size)
+    assert initial - history["val_loss"][-1] > 1.0
+    assert history["val_perplexity"][-1] == pytest.approx(math.exp(history["val_loss"][-1]))
+    assert np.mean(history["train_loss"][-10:]) < np.mean(history["train_loss"][:10]) - 1.0
+    for key in ("lr", "grad_norm", "tokens_per_sec"):
+        assert len(history[key]) == 100 and all(v > 0 for v in history[key])
+
+
+def test_epochs_set_the_step_count_and_the_callback_sees_every_step():
+    tokens = np.random.default_rng(0).integers(0, 5, 1000)
+    model = TinyGPT(5, d_model=8, n_heads=2, n_layers=1, max_seq_len=16)
+    seen = []
+    history = train_model(model, tokens, epochs=2, batch_size=10, seq_len=16,
+                          callback=lambda info: seen.append(info["step"]))
+    per_epoch = math.ceil(((1000 - 16) // 16) / 10)
+    assert history["step"][-1] == 2 * per_epoch
+    assert seen == history["step"]
+    assert history["val_loss"] == []
+
+
+def test_same_seed_gives_the_same_run():
+    tokens = np.random.default_rng(0).integers(0, 5, 500)
+
+    def run():
+        model = TinyGPT(5, d_model=8, n_heads=2, n_layers=1, max_seq_len=16)
+        train_model(model, tokens, epochs=1, batch_size=4, seq_len=16, max_steps=5, seed=3)
+        return model.params
+
+    np.testing.assert_array_equal(run(), run())
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_non_finite_loss_stops_the_run():
+    tokens = np.random.default_rng(0).integers(0, 5, 500)
+    model = TinyGPT(5, d_model=8, n_heads=2, n_layers=1, max_seq_len=16)
+    model.p["head_w"][0, 0] = np.inf
+    with pytest.raises(FloatingPointError, match="loss"):
+        train_model(model, tokens, batch_size=4, seq_len=16, max_steps=3)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(epochs=0), "epochs"),
+    (dict(batch_size=0), "batch_size"),
+    (dict(seq_len=17), "max_seq_len"),
+    (dict(lr=0.0), "lr"),
+    (dict(lr=float("nan")), "lr"),
+    (dict(max_steps=0), "max_steps"),
+    (dict(eval_interval=0), "eval_interval"),
+    (dict(weight_decay=-0.1), "weight_decay"),
+    (dict(warmup_steps=-1), "warmup_steps"),
+    (dict(max_grad_norm=-1.0), "max_grad_norm"),
+])
+def test_bad_arguments_are_rejected(kwargs, match):
+    tokens = np.random.default_rng(0).integers(0, 5, 500)
+    model = TinyGPT(5, d_model=8, n_heads=2, n_layers=1, max_seq_len=16)
+    args = dict(epochs=1, batch_size=4, seq_len=16)
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=match):
+        train_model(model, tokens, **args)
+
+
+def test_bad_data_is_rejected():
+    model = TinyGPT(5, d_model=8, n_heads=2, n_layers=1, max_seq_len=16)
+    with pytest.raises(ValueError, match="outside"):
+        train_model(model, np.arange(100), seq_len=16)
+    with pytest.raises(ValueError, match="at least"):
+        train_model(model, np.zeros(10, dtype=int), seq_len=16)
+    with pytest.raises(ValueError, match="val_data"):
+        train_model(model, np.zeros(100, dtype=int), seq_len=16, val_data=np.zeros(5, dtype=int))
+    with pytest.raises(TypeError):
+        train_model("not a model", np.zeros(100, dtype=int))

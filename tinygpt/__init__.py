@@ -1,0 +1,14 @@
+"""tinygpt: train a tiny GPT-2-style character model on a CPU with NumPy and Cython kernels."""
+from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .data import load_dataset, load_text
+from .model import TinyGPT
+from .ops import available_kernels, get_backend, get_num_threads, set_backend, set_num_threads
+from .tokenizer import CharTokenizer
+from .train import Trainer, evaluate, train_model
+
+__all__ = [
+    "CharTokenizer", "TinyGPT", "train_model", "Trainer", "evaluate",
+    "load_dataset", "load_text", "save_checkpoint", "load_checkpoint", "CheckpointError",
+    "set_backend", "get_backend", "set_num_threads", "get_num_threads", "available_kernels",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,65 @@
+"""Checkpoints: one .npz (no pickle) with config, parameters, optimizer state and vocabulary."""
+import io
+import json
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from .files import atomic_write_bytes
+from .model import TinyGPT
+from .tokenizer import CharTokenizer
+
+FORMAT_VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that exists but cannot be read as a tinygpt checkpoint."""
+
+
+def save_checkpoint(path, model, tokenizer, optimizer=None, step=0, extra=None):
+    """Write model + tokenizer (+ optimizer state, step, ``extra`` JSON-able dict) atomically."""
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "config": {k: int(v) for k, v in vars(model.config).items()},
+        "dtype": model.dtype.name,
+        "step": int(step),
+        "extra": extra or {},
+    }
+    arrays = {
+        "meta": np.array(json.dumps(meta)),
+        "vocab": np.array("".join(tokenizer.chars)),
+        "params": model.params,
+    }
+    if optimizer is not None:
+        arrays.update({f"optim_{k}": v for k, v in optimizer.state().items()})
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def load_checkpoint(path):
+    """Read a checkpoint -> (model, tokenizer, meta dict, optimizer state dict or None)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            arrays = {name: f[name] for name in f.files}
+        meta = json.loads(str(arrays["meta"]))
+        vocab = str(arrays["vocab"])
+        params = arrays["params"]
+        model = TinyGPT(**meta["config"], dtype=meta["dtype"])
+        if params.shape != model.params.shape:
+            raise ValueError(f"params has shape {params.shape}, config needs {model.params.shape}")
+        model.params[...] = params
+        tokenizer = CharTokenizer.from_vocabulary(vocab)
+    except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as err:
+        raise CheckpointError(f"{path} is not a readable tinygpt checkpoint: {err}") from None
+    if tokenizer.vocab_size != model.config.vocab_size:
+        raise CheckpointError(f"{path}: vocabulary has {tokenizer.vocab_size} characters, "
+                              f"model expects {model.config.vocab_size}")
+    optim = None
+    if "optim_m" in arrays:
+        optim = {k[len("optim_"):]: v for k, v in arrays.items() if k.startswith("optim_")}
+    return model, tokenizer, meta, optim

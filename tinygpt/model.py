@@ -1,0 +1,286 @@
+"""TinyGPT: a GPT-2-style (pre-LayerNorm) character model with a hand-written backward pass.
+
+All parameters live in one flat array (``model.params``); each weight is a named view into it
+(``model.p["h0.attn_w"]``), and the gradients mirror it (``model.grads``, ``model.g``).
+Linear layers compute ``y = x @ W + b`` with W of shape (in, out).
+
+    tok_emb + pos_emb -> n_layers x [x += proj(attn(ln1(x))); x += fc2(gelu(fc1(ln2(x))))]
+    -> ln_f -> head -> logits
+"""
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from . import ops
+
+INIT_STD = 0.02
+
+
+@dataclass(frozen=True)
+class GPTConfig:
+    vocab_size: int
+    d_model: int = 64
+    n_heads: int = 4
+    n_layers: int = 4
+    max_seq_len: int = 256
+
+    def __post_init__(self):
+        for name, value in asdict(self).items():
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+                raise ValueError(f"{name} must be an integer, got {value!r}")
+            if value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
+        if self.d_model % self.n_heads:
+            raise ValueError(
+                f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})"
+            )
+
+
+def parameter_shapes(cfg):
+    """[(name, shape)] in the order they sit in the flat buffer."""
+    C, V = cfg.d_model, cfg.vocab_size
+    shapes = [("wte", (V, C)), ("wpe", (cfg.max_seq_len, C))]
+    for i in range(cfg.n_layers):
+        shapes += [
+            (f"h{i}.ln1_w", (C,)), (f"h{i}.ln1_b", (C,)),
+            (f"h{i}.attn_w", (C, 3 * C)), (f"h{i}.attn_b", (3 * C,)),
+            (f"h{i}.proj_w", (C, C)), (f"h{i}.proj_b", (C,)),
+            (f"h{i}.ln2_w", (C,)), (f"h{i}.ln2_b", (C,)),
+            (f"h{i}.fc_w", (C, 4 * C)), (f"h{i}.fc_b", (4 * C,)),
+            (f"h{i}.fc2_w", (4 * C, C)), (f"h{i}.fc2_b", (C,)),
+        ]
+    shapes += [("lnf_w", (C,)), ("lnf_b", (C,)), ("head_w", (C, V))]
+    return shapes
+
+
+def _views(flat, shapes):
+    """Named views into a flat buffer, laid out in ``shapes`` order."""
+    views, offset = {}, 0
+    for name, shape in shapes:
+        size = math.prod(shape)
+        views[name] = flat[offset:offset + size].reshape(shape)
+        offset += size
+    return views
+
+
+class TinyGPT:
+    """GPT-2-style character model. float32 by default; float64 works too (for gradient checks).
+
+    >>> model = TinyGPT(vocab_size=65)
+    >>> model.forward(np.zeros((2, 8), dtype=np.int64)).shape
+    (2, 8, 65)
+    """
+
+    def __init__(self, vocab_size, d_model=64, n_heads=4, n_layers=4, max_seq_len=256, *,
+                 seed=0, dtype=np.float32):
+        self.config = GPTConfig(vocab_size, d_model, n_heads, n_layers, max_seq_len)
+        self.dtype = np.dtype(dtype)
+        if self.dtype not in (np.float32, np.float64):
+            raise ValueError(f"dtype must be float32 or float64, got {self.dtype}")
+        self.shapes = parameter_shapes(self.config)
+        n = sum(math.prod(shape) for _, shape in self.shapes)
+        self.params = np.zeros(n, dtype=self.dtype)
+        self.grads = np.zeros(n, dtype=self.dtype)
+        self.p = _views(self.params, self.shapes)
+        self.g = _views(self.grads, self.shapes)
+        self._cache = None
+        self._init_weights(seed)
+
+    # ------------------------------------------------------------ parameters
+
+    def _init_weights(self, seed):
+        """GPT-2 init: N(0, 0.02) weights, residual projections scaled by 1/sqrt(2 n_layers)."""
+        rng = np.random.default_rng(seed)
+        residual_std = INIT_STD / math.sqrt(2 * self.config.n_layers)
+        for name, view in self.p.items():
+            kind = name.split(".")[-1]
+            if kind.endswith("_b"):
+                view[...] = 0.0
+            elif kind in ("ln1_w", "ln2_w", "lnf_w"):
+                view[...] = 1.0
+            else:
+                std = residual_std if kind in ("proj_w", "fc2_w") else INIT_STD
+                view[...] = rng.normal(0.0, std, size=view.shape)
+
+    def decay_mask(self):
+        """Flat 0/1 array: 1 where weight decay applies (matrices and embeddings, not biases or LN)."""
+        mask = np.zeros(self.params.size, dtype=self.dtype)
+        for name, view in _views(mask, self.shapes).items():
+            if view.ndim == 2:
+                view[...] = 1.0
+        return mask
+
+    def num_parameters(self):
+        return int(self.params.size)
+
+    # ------------------------------------------------------------ forward
+
+    def _check_ids(self, x, name="x", limit_length=True):
+        """Token ids (B, T) or (T,) -> int64 (B, T), with a clear error for anything else."""
+        x = np.asarray(x)
+        if x.dtype == bool or not np.issubdtype(x.dtype, np.integer):
+            raise ValueError(f"{name} must hold integer token ids, got dtype {x.dtype}")
+        if x.ndim == 1:
+            x = x[None, :]
+        if x.ndim != 2:
+            raise ValueError(f"{name} must have shape (B, T) or (T,), got {x.shape}")
+        B, T = x.shape
+        if B < 1 or T < 1:
+            raise ValueError(f"{name} must hold at least one token, got shape {x.shape}")
+        if limit_length and T > self.config.max_seq_len:
+            raise ValueError(
+                f"sequence length {T} exceeds max_seq_len {self.config.max_seq_len}"
+            )
+        low, high = int(x.min()), int(x.max())
+        if low < 0 or high >= self.config.vocab_size:
+            bad = low if low < 0 else high
+            raise ValueError(f"token id {bad} is outside [0, {self.config.vocab_size})")
+        return x.astype(np.int64, copy=False)
+
+    def forward(self, x):
+        """Token ids (B, T) or (T,) -> logits (B, T, vocab) or (T, vocab), in the model's dtype."""
+        squeeze = np.asarray(x).ndim == 1
+        logits, _ = self._forward(self._check_ids(x), keep=False)
+        return logits[0] if squeeze else logits
+
+    __call__ = forward
+
+    def _forward(self, idx, keep):
+        """idx (B, T) int64 -> logits (B, T, V); with keep, also what backward needs."""
+        cfg, p = self.config, self.p
+        B, T = idx.shape
+        C, H = cfg.d_model, cfg.n_heads
+        D, N = C // H, B * T
+        x = (p["wte"][idx] + p["wpe"][:T]).reshape(N, C)  # (N, C) residual stream
+        layers = []
+        for i in range(cfg.n_layers):
+            h = f"h{i}."
+            ln1, mean1, rstd1 = ops.layernorm_forward(x, p[h + "ln1_w"], p[h + "ln1_b"])
+            qkv = ln1 @ p[h + "attn_w"] + p[h + "attn_b"]  # (N, 3C)
+            q, k, v = qkv.reshape(B, T, 3, H, D).transpose(2, 0, 3, 1, 4)  # each (B, H, T, D)
+            att, lse = ops.attention_forward(q, k, v)
+            att_merged = att.transpose(0, 2, 1, 3).reshape(N, C)
+            x_mid = x + (att_merged @ p[h + "proj_w"] + p[h + "proj_b"])
+            ln2, mean2, rstd2 = ops.layernorm_forward(x_mid, p[h + "ln2_w"], p[h + "ln2_b"])
+            fc = ln2 @ p[h + "fc_w"] + p[h + "fc_b"]  # (N, 4C)
+            act = ops.gelu_forward(fc)
+            x_out = x_mid + (act @ p[h + "fc2_w"] + p[h + "fc2_b"])
+            if keep:
+                layers.append(dict(x=x, ln1=ln1, mean1=mean1, rstd1=rstd1, q=q, k=k, v=v,
+                                   att=att, lse=lse, att_merged=att_merged, x_mid=x_mid,
+                                   ln2=ln2, mean2=mean2, rstd2=rstd2, fc=fc, act=act))
+            x = x_out
+        lnf, meanf, rstdf = ops.layernorm_forward(x, p["lnf_w"], p["lnf_b"])
+        logits = lnf @ p["head_w"]  # (N, V)
+        cache = None
+        if keep:
+            cache = dict(idx=idx, layers=layers, x=x, lnf=lnf, meanf=meanf, rstdf=rstdf)
+        return logits.reshape(B, T, cfg.vocab_size), cache
+
+    def loss(self, x, y):
+        """Mean cross-entropy of next-token predictions. x, y (B, T) ids (y = -1 is ignored).
+
+        Keeps what ``backward`` needs; returns the loss as a float.
+        """
+        idx = self._check_ids(x)
+        y = np.asarray(y)
+        if not np.issubdtype(y.dtype, np.integer):
+            raise ValueError(f"targets must be integer ids, got dtype {y.dtype}")
+        if y.ndim == 1:
+            y = y[None, :]
+        if y.shape != idx.shape:
+            raise ValueError(f"targets have shape {y.shape} but inputs have {idx.shape}")
+        logits, cache = self._forward(idx, keep=True)
+        loss, dlogits = ops.softmax_cross_entropy(
+            logits.reshape(-1, self.config.vocab_size), y.reshape(-1))
+        cache["dlogits"] = dlogits
+        self._cache = cache
+        return loss
+
+    # ------------------------------------------------------------ backward
+
+    def backward(self):
+        """Fill ``self.grads`` with d(loss)/d(params) for the last ``loss`` call (overwrites)."""
+        if self._cache is None:
+            raise RuntimeError("backward() needs a loss(x, y) call first")
+        cache, cfg, p, g = self._cache, self.config, self.p, self.g
+        idx = cache["idx"]
+        B, T = idx.shape
+        C, H = cfg.d_model, cfg.n_heads
+        D, N = C // H, B * T
+
+        dlogits = cache["dlogits"]  # (N, V)
+        np.matmul(cache["lnf"].T, dlogits, out=g["head_w"])
+        dlnf = dlogits @ p["head_w"].T
+        dx, g["lnf_w"][...], g["lnf_b"][...] = ops.layernorm_backward(
+            dlnf, cache["x"], p["lnf_w"], cache["meanf"], cache["rstdf"])
+
+        for i in reversed(range(cfg.n_layers)):
+            h, c = f"h{i}.", cache["layers"][i]
+            # MLP: x_out = x_mid + fc2(gelu(fc(ln2(x_mid))))
+            np.matmul(c["act"].T, dx, out=g[h + "fc2_w"])
+            dx.sum(axis=0, out=g[h + "fc2_b"])
+            dfc = ops.gelu_backward(dx @ p[h + "fc2_w"].T, c["fc"])
+            np.matmul(c["ln2"].T, dfc, out=g[h + "fc_w"])
+            dfc.sum(axis=0, out=g[h + "fc_b"])
+            dx_ln2, g[h + "ln2_w"][...], g[h + "ln2_b"][...] = ops.layernorm_backward(
+                dfc @ p[h + "fc_w"].T, c["x_mid"], p[h + "ln2_w"], c["mean2"], c["rstd2"])
+            dx = dx + dx_ln2
+            # attention: x_mid = x + proj(attn(ln1(x)))
+            np.matmul(c["att_merged"].T, dx, out=g[h + "proj_w"])
+            dx.sum(axis=0, out=g[h + "proj_b"])
+            datt = (dx @ p[h + "proj_w"].T).reshape(B, T, H, D).transpose(0, 2, 1, 3)
+            dq, dk, dv = ops.attention_backward(datt, c["q"], c["k"], c["v"], c["att"], c["lse"])
+            dqkv = np.stack([dq, dk, dv]).transpose(1, 3, 0, 2, 4).reshape(N, 3 * C)
+            np.matmul(c["ln1"].T, dqkv, out=g[h + "attn_w"])
+            dqkv.sum(axis=0, out=g[h + "attn_b"])
+            dx_ln1, g[h + "ln1_w"][...], g[h + "ln1_b"][...] = ops.layernorm_backward(
+                dqkv @ p[h + "attn_w"].T, c["x"], p[h + "ln1_w"], c["mean1"], c["rstd1"])
+            dx = dx + dx_ln1
+
+        dx = dx.reshape(B, T, C)
+        dx.sum(axis=0, out=g["wpe"][:T])
+        g["wpe"][T:] = 0.0
+        g["wte"][...] = 0.0
+        np.add.at(g["wte"], idx.reshape(-1), dx.reshape(N, C))
+        self._cache = None
+
+    # ------------------------------------------------------------ sampling
+
+    def generate(self, prompt, max_new_tokens, temperature=1.0, top_k=None, seed=None):
+        """Sample ``max_new_tokens`` ids after ``prompt`` (ids, (T,) or (B, T)).
+
+        Returns prompt + new ids with the prompt's rank. The context is cropped to the last
+        max_seq_len tokens. temperature 0 picks the most likely token; top_k keeps the k likeliest.
+        """
+        squeeze = np.asarray(prompt).ndim == 1
+        ids = self._check_ids(prompt, name="prompt", limit_length=False)
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)) \
+                or max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
+        if not temperature >= 0:
+            raise ValueError(f"temperature must be >= 0, got {temperature}")
+        if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer))
+                                  or top_k < 1):
+            raise ValueError(f"top_k must be an integer >= 1 or None, got {top_k!r}")
+        rng = np.random.default_rng(seed)
+        for _ in range(max_new_tokens):
+            context = ids[:, -self.config.max_seq_len:]
+            logits, _ = self._forward(context, keep=False)
+            next_ids = sample_next(logits[:, -1, :].astype(np.float64), temperature, top_k, rng)
+            ids = np.concatenate([ids, next_ids[:, None]], axis=1)
+        return ids[0] if squeeze else ids
+
+
+def sample_next(logits, temperature, top_k, rng):
+    """logits (B, V) -> one sampled id per row (B,). temperature 0 is argmax."""
+    if temperature == 0:
+        return logits.argmax(axis=1)
+    logits = logits / temperature
+    if top_k is not None and top_k < logits.shape[1]:
+        kth = np.partition(logits, -top_k, axis=1)[:, -top_k][:, None]
+        logits = np.where(logits < kth, -np.inf, logits)
+    probs = np.exp(logits - logits.max(axis=1, keepdims=True))
+    probs /= probs.sum(axis=1, keepdims=True)
+    return np.array([rng.choice(len(row), p=row) for row in probs])

@@ -1,0 +1,186 @@
+"""One function per op: checks its input, then runs the compiled kernel or the NumPy reference.
+
+The backend is "cython" (the default; TINYGPT_BACKEND overrides it) or "numpy". An op whose
+kernel was not built runs on the reference. Kernel threads default to OMP_NUM_THREADS or the
+number of CPUs; ``set_num_threads`` changes them.
+"""
+import importlib
+import os
+
+import numpy as np
+
+from . import reference
+
+BACKENDS = ("cython", "numpy")
+_KERNEL_MODULES = {
+    "layernorm_forward": "_layernorm",
+    "layernorm_backward": "_layernorm",
+    "gelu_forward": "_gelu",
+    "gelu_backward": "_gelu",
+    "attention_forward": "_attention",
+    "attention_backward": "_attention",
+    "softmax_cross_entropy": "_cross_entropy",
+}
+
+
+def _load_kernels():
+    """Map op name -> compiled function, for the kernels that were built."""
+    found = {}
+    for op, module_name in _KERNEL_MODULES.items():
+        try:
+            module = importlib.import_module(f"tinygpt.{module_name}")
+        except ImportError:
+            continue
+        found[op] = getattr(module, op)
+    return found
+
+
+_kernels = _load_kernels()
+_state = {"backend": None, "threads": None}
+
+
+def available_kernels():
+    """Names of the ops that have a compiled kernel in this install."""
+    return sorted(_kernels)
+
+
+def set_backend(name):
+    """Select "cython" (compiled kernels where built) or "numpy" (reference everywhere)."""
+    if name not in BACKENDS:
+        raise ValueError(f"unknown backend {name!r}; choose one of {BACKENDS}")
+    _state["backend"] = name
+
+
+def get_backend():
+    return _state["backend"]
+
+
+def set_num_threads(n):
+    """Threads for the compiled kernels (an int >= 1)."""
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise ValueError(f"number of threads must be an integer >= 1, got {n!r}")
+    _state["threads"] = int(n)
+
+
+def get_num_threads():
+    return _state["threads"]
+
+
+def _default_threads():
+    env = os.environ.get("OMP_NUM_THREADS", "")
+    if env.isdigit() and int(env) >= 1:
+        return int(env)
+    return os.cpu_count() or 1
+
+
+set_backend(os.environ.get("TINYGPT_BACKEND", "cython"))
+set_num_threads(_default_threads())
+
+
+def _run(op, *args):
+    if _state["backend"] == "cython" and op in _kernels:
+        return _kernels[op](*args, _state["threads"])
+    return getattr(reference, op)(*args)
+
+
+# ---------------------------------------------------------------- input checks
+
+def _float_arrays(**arrays):
+    """Check that every array is float32/float64 with one shared dtype; return them C-contiguous."""
+    dtype = None
+    out = []
+    for name, a in arrays.items():
+        if not isinstance(a, np.ndarray):
+            raise TypeError(f"{name} must be a numpy array, got {type(a).__name__}")
+        if a.dtype not in (np.float32, np.float64):
+            raise TypeError(f"{name} must be float32 or float64, got {a.dtype}")
+        if dtype is None:
+            dtype = a.dtype
+        elif a.dtype != dtype:
+            raise TypeError(f"{name} has dtype {a.dtype} but the other inputs are {dtype}")
+        out.append(np.ascontiguousarray(a))
+    return out
+
+
+def _expect_shape(name, a, shape):
+    if a.shape != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {a.shape}")
+
+
+def _expect_ndim(name, a, ndim):
+    if a.ndim != ndim:
+        raise ValueError(f"{name} must be {ndim}-D, got shape {a.shape}")
+
+
+# ---------------------------------------------------------------- ops
+
+def layernorm_forward(x, weight, bias, eps=1e-5):
+    """x (N, C), weight (C,), bias (C,) -> out (N, C), mean (N,), rstd (N,)."""
+    x, weight, bias = _float_arrays(x=x, weight=weight, bias=bias)
+    _expect_ndim("x", x, 2)
+    _expect_shape("weight", weight, x.shape[1:])
+    _expect_shape("bias", bias, x.shape[1:])
+    if not eps > 0:
+        raise ValueError(f"eps must be > 0, got {eps}")
+    return _run("layernorm_forward", x, weight, bias, float(eps))
+
+
+def layernorm_backward(dout, x, weight, mean, rstd):
+    """dout (N, C), then forward's x, weight, mean, rstd -> dx (N, C), dweight (C,), dbias (C,)."""
+    dout, x, weight, mean, rstd = _float_arrays(dout=dout, x=x, weight=weight, mean=mean, rstd=rstd)
+    _expect_ndim("x", x, 2)
+    _expect_shape("dout", dout, x.shape)
+    _expect_shape("weight", weight, x.shape[1:])
+    _expect_shape("mean", mean, x.shape[:1])
+    _expect_shape("rstd", rstd, x.shape[:1])
+    return _run("layernorm_backward", dout, x, weight, mean, rstd)
+
+
+def gelu_forward(x):
+    """tanh-approximate GELU, elementwise: x (any shape) -> out (same shape)."""
+    (x,) = _float_arrays(x=x)
+    return _run("gelu_forward", x)
+
+
+def gelu_backward(dout, x):
+    """dout, then forward's x (same shape) -> dx."""
+    dout, x = _float_arrays(dout=dout, x=x)
+    _expect_shape("dout", dout, x.shape)
+    return _run("gelu_backward", dout, x)
+
+
+def attention_forward(q, k, v):
+    """Causal attention. q, k, v (B, H, T, D) -> out (B, H, T, D), lse (B, H, T)."""
+    q, k, v = _float_arrays(q=q, k=k, v=v)
+    _expect_ndim("q", q, 4)
+    _expect_shape("k", k, q.shape)
+    _expect_shape("v", v, q.shape)
+    return _run("attention_forward", q, k, v)
+
+
+def attention_backward(dout, q, k, v, out, lse):
+    """dout (B, H, T, D), then forward's q, k, v, out, lse -> dq, dk, dv (B, H, T, D)."""
+    dout, q, k, v, out, lse = _float_arrays(dout=dout, q=q, k=k, v=v, out=out, lse=lse)
+    _expect_ndim("q", q, 4)
+    for name, a in (("dout", dout), ("k", k), ("v", v), ("out", out)):
+        _expect_shape(name, a, q.shape)
+    _expect_shape("lse", lse, q.shape[:3])
+    return _run("attention_backward", dout, q, k, v, out, lse)
+
+
+def softmax_cross_entropy(logits, targets):
+    """logits (N, V), targets (N,) ints with -1 = ignore -> (mean loss, dlogits (N, V))."""
+    (logits,) = _float_arrays(logits=logits)
+    _expect_ndim("logits", logits, 2)
+    targets = np.asarray(targets)
+    if not np.issubdtype(targets.dtype, np.integer):
+        raise TypeError(f"targets must be integers, got dtype {targets.dtype}")
+    _expect_shape("targets", targets, logits.shape[:1])
+    targets = np.ascontiguousarray(targets, dtype=np.int64)
+    bad = np.flatnonzero((targets < -1) | (targets >= logits.shape[1]))
+    if bad.size:
+        i = int(bad[0])
+        raise ValueError(f"target {targets[i]} at index {i} is outside [-1, {logits.shape[1]})")
+    if not (targets >= 0).any():
+        raise ValueError("every target is -1 (ignored): the mean loss is undefined")
+    return _run("softmax_cross_entropy", logits, targets)

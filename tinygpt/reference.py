@@ -1,0 +1,105 @@
+"""Pure-NumPy forward/backward of every kernel: the parity oracle.
+
+Each function here has a compiled twin in csrc/ with the same name and arguments (the compiled
+one also takes ``n_threads``). The twins must agree to rounding; tests/test_kernels.py checks it.
+Shapes: N rows, C channels, B batch, H heads, T time, D head size, V vocabulary.
+Nothing here validates its input: tinygpt.ops does that once for both backends.
+"""
+import math
+
+import numpy as np
+
+GELU_C = math.sqrt(2.0 / math.pi)
+
+
+def layernorm_forward(x, weight, bias, eps=1e-5):
+    """x (N, C), weight (C,), bias (C,) -> out (N, C), mean (N,), rstd (N,)."""
+    mean = x.mean(axis=1)
+    xc = x - mean[:, None]
+    var = (xc * xc).mean(axis=1)
+    rstd = 1.0 / np.sqrt(var + eps)
+    out = xc * rstd[:, None] * weight + bias
+    return out, mean, rstd
+
+
+def layernorm_backward(dout, x, weight, mean, rstd):
+    """dout (N, C), then forward's x, weight, mean, rstd -> dx (N, C), dweight (C,), dbias (C,)."""
+    xhat = (x - mean[:, None]) * rstd[:, None]
+    dbias = dout.sum(axis=0)
+    dweight = (dout * xhat).sum(axis=0)
+    dxhat = dout * weight
+    dx = (dxhat - dxhat.mean(axis=1, keepdims=True)
+          - xhat * (dxhat * xhat).mean(axis=1, keepdims=True)) * rstd[:, None]
+    return dx, dweight, dbias
+
+
+def gelu_forward(x):
+    """tanh-approximate GELU, elementwise: x (any shape) -> out (same shape)."""
+    return 0.5 * x * (1.0 + np.tanh(GELU_C * (x + 0.044715 * x ** 3)))
+
+
+def gelu_backward(dout, x):
+    """dout (any shape), then forward's x -> dx (same shape)."""
+    t = np.tanh(GELU_C * (x + 0.044715 * x ** 3))
+    dtanh = GELU_C * (1.0 + 3 * 0.044715 * x * x)
+    return dout * (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * dtanh)
+
+
+def _causal_probabilities(q, k, lse):
+    """Softmax of the causally masked, scaled scores, from the saved log-sum-exp: (B, H, T, T)."""
+    T, D = q.shape[-2], q.shape[-1]
+    scores = (q @ k.swapaxes(-1, -2)) * (1.0 / math.sqrt(D))
+    future = np.triu(np.ones((T, T), dtype=bool), k=1)
+    scores[..., future] = -np.inf
+    return np.exp(scores - lse[..., None])
+
+
+def attention_forward(q, k, v):
+    """Causal softmax attention. q, k, v (B, H, T, D) -> out (B, H, T, D), lse (B, H, T).
+
+    lse is the log-sum-exp of each row of scaled scores: all backward needs to rebuild the
+    probabilities without keeping the (B, H, T, T) matrix.
+    """
+    T, D = q.shape[-2], q.shape[-1]
+    scores = (q @ k.swapaxes(-1, -2)) * (1.0 / math.sqrt(D))
+    future = np.triu(np.ones((T, T), dtype=bool), k=1)
+    scores[..., future] = -np.inf
+    row_max = scores.max(axis=-1, keepdims=True)
+    lse = (row_max + np.log(np.exp(scores - row_max).sum(axis=-1, keepdims=True)))[..., 0]
+    probs = np.exp(scores - lse[..., None])
+    return probs @ v, lse
+
+
+def attention_backward(dout, q, k, v, out, lse):
+    """dout (B, H, T, D), then forward's q, k, v, out, lse -> dq, dk, dv (B, H, T, D)."""
+    D = q.shape[-1]
+    scale = 1.0 / math.sqrt(D)
+    probs = _causal_probabilities(q, k, lse)
+    dv = probs.swapaxes(-1, -2) @ dout
+    dprobs = dout @ v.swapaxes(-1, -2)
+    row_dot = (dout * out).sum(axis=-1, keepdims=True)  # = sum_j probs * dprobs
+    dscores = probs * (dprobs - row_dot)
+    dq = (dscores @ k) * scale
+    dk = (dscores.swapaxes(-1, -2) @ q) * scale
+    return dq, dk, dv
+
+
+def softmax_cross_entropy(logits, targets):
+    """Fused softmax + cross-entropy. logits (N, V), targets (N,) ints, -1 = ignore.
+
+    Returns the mean loss over the rows not ignored (a Python float) and dlogits (N, V), the
+    gradient of that mean (zero on ignored rows).
+    """
+    valid = targets >= 0
+    n_valid = int(valid.sum())
+    row_max = logits.max(axis=1, keepdims=True)
+    exp = np.exp(logits - row_max)
+    sum_exp = exp.sum(axis=1, keepdims=True)
+    lse = (row_max + np.log(sum_exp))[:, 0]
+    safe_targets = np.where(valid, targets, 0)
+    picked = logits[np.arange(len(targets)), safe_targets]
+    loss = float(((lse - picked) * valid).sum() / n_valid)
+    dlogits = exp / sum_exp
+    dlogits[np.arange(len(targets)), safe_targets] -= 1.0
+    dlogits *= (valid / n_valid)[:, None].astype(logits.dtype)
+    return loss, dlogits
