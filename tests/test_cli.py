@@ -87,3 +87,17 @@ def test_train_help_lists_both_spellings():
     assert result.returncode == 0
     for flag in ("--batch-size", "--batch_size", "--max-grad-norm", "--threads", "--out-dir"):
         assert flag in result.stdout
+
+
+def test_sample_cli_reads_a_prompt_file_and_checks_sampling_flags(tmp_path, trained):
+    prompt = tmp_path / "prompt.txt"
+    prompt.write_text("KING:\n")
+    ckpt = str(trained[0] / "ckpt.npz")
+    result = run("tinygpt.sample", "--checkpoint", ckpt, "--prompt-file", str(prompt),
+                 "--max-new-tokens", "10", "--top-p", "0.9", "--temperature", "0")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("KING:\n") and len(result.stdout) == len("KING:\n") + 10 + 1
+    bad = run("tinygpt.sample", "--checkpoint", ckpt, "--top-p", "1.5")
+    assert bad.returncode == 2 and "top_p" in bad.stderr
+    missing = run("tinygpt.sample", "--checkpoint", ckpt, "--prompt-file", str(tmp_path / "no.txt"))
+    assert missing.returncode == 2 and "no.txt" in missing.stderr

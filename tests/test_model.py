@@ -190,3 +190,45 @@ def test_generate_rejects_bad_arguments(kwargs):
         model.generate(np.array([1]), **kwargs)
     with pytest.raises(ValueError):
         model.generate(np.array([1.0]), 2)
+
+
+@pytest.mark.parametrize("prompt_len,new,kwargs", [
+    (1, 20, dict()),
+    (3, 12, dict(top_k=3)),
+    (5, 15, dict(top_p=0.8, temperature=0.7)),  # runs past max_seq_len: the window slides
+    (9, 4, dict(temperature=0)),  # the prompt itself is longer than the window
+])
+def test_kv_cache_generation_matches_full_recomputation(prompt_len, new, kwargs):
+    model = TinyGPT(11, d_model=16, n_heads=4, n_layers=2, max_seq_len=8, seed=2)
+    prompt = np.random.default_rng(prompt_len).integers(0, 11, (2, prompt_len))
+    for seed in range(3):
+        cached = model.generate(prompt, new, seed=seed, use_cache=True, **kwargs)
+        full = model.generate(prompt, new, seed=seed, use_cache=False, **kwargs)
+        np.testing.assert_array_equal(cached, full)
+
+
+def test_generate_streams_each_new_token():
+    model = TinyGPT(11, d_model=16, n_heads=4, n_layers=1, max_seq_len=8)
+    seen = []
+    out = model.generate(np.array([1, 2]), 6, seed=0, on_token=lambda ids: seen.append(int(ids[0])))
+    assert seen == out[2:].tolist()
+
+
+def test_top_p_samples_only_from_the_nucleus():
+    from tinygpt.model import sample_next
+
+    probs = np.array([[0.5, 0.3, 0.15, 0.05]])
+    logits = np.log(np.repeat(probs, 2000, axis=0))
+    rng = np.random.default_rng(0)
+    for top_p, allowed in [(0.45, {0}), (0.7, {0, 1}), (0.79, {0, 1}), (0.9, {0, 1, 2}), (0.97, {0, 1, 2, 3})]:
+        drawn = set(sample_next(logits, 1.0, None, top_p, rng).tolist())
+        assert drawn == allowed, top_p
+    assert set(sample_next(logits, 1.0, 2, 0.9, rng).tolist()) == {0, 1}  # top-k and top-p together
+    assert set(sample_next(logits, 0, None, None, rng).tolist()) == {0}
+
+
+@pytest.mark.parametrize("kwargs", [dict(top_p=0.0), dict(top_p=1.5), dict(temperature="hot")])
+def test_generate_rejects_bad_sampling_settings(kwargs):
+    model = TinyGPT(11, d_model=16, n_heads=4, n_layers=1, max_seq_len=8)
+    with pytest.raises(ValueError):
+        model.generate(np.array([1]), 2, **kwargs)

@@ -146,20 +146,32 @@ class TinyGPT:
 
     __call__ = forward
 
-    def _forward(self, idx, keep):
-        """idx (B, T) int64 -> logits (B, T, V); with keep, also what backward needs."""
+    def _forward(self, idx, keep, kv_cache=None, start=0):
+        """idx (B, T) int64 at positions start.. -> logits (B, T, V).
+
+        With keep, also returns what backward needs. With a kv_cache (from ``_new_kv_cache``),
+        each layer's keys and values are written into it at positions start..start+T-1 and the
+        queries attend to every cached position before them.
+        """
         cfg, p = self.config, self.p
         B, T = idx.shape
         C, H = cfg.d_model, cfg.n_heads
         D, N = C // H, B * T
-        x = (p["wte"][idx] + p["wpe"][:T]).reshape(N, C)  # (N, C) residual stream
+        x = (p["wte"][idx] + p["wpe"][start:start + T]).reshape(N, C)  # (N, C) residual stream
         layers = []
         for i in range(cfg.n_layers):
             h = f"h{i}."
             ln1, mean1, rstd1 = ops.layernorm_forward(x, p[h + "ln1_w"], p[h + "ln1_b"])
             qkv = ln1 @ p[h + "attn_w"] + p[h + "attn_b"]  # (N, 3C)
             q, k, v = qkv.reshape(B, T, 3, H, D).transpose(2, 0, 3, 1, 4)  # each (B, H, T, D)
-            att, lse = ops.attention_forward(q, k, v)
+            if kv_cache is not None:
+                keys, values = kv_cache[i]  # (B, H, max_seq_len, D) each
+                keys[:, :, start:start + T] = k
+                values[:, :, start:start + T] = v
+            if start == 0:
+                att, lse = ops.attention_forward(q, k, v)
+            else:
+                att = _attend_to_cache(q, keys[:, :, :start + T], values[:, :, :start + T])
             att_merged = att.transpose(0, 2, 1, 3).reshape(N, C)
             x_mid = x + (att_merged @ p[h + "proj_w"] + p[h + "proj_b"])
             ln2, mean2, rstd2 = ops.layernorm_forward(x_mid, p[h + "ln2_w"], p[h + "ln2_b"])
@@ -177,6 +189,13 @@ class TinyGPT:
         if keep:
             cache = dict(idx=idx, layers=layers, x=x, lnf=lnf, meanf=meanf, rstdf=rstdf)
         return logits.reshape(B, T, cfg.vocab_size), cache
+
+    def _new_kv_cache(self, batch_size):
+        """Per layer, (keys, values) buffers of shape (B, H, max_seq_len, D)."""
+        cfg = self.config
+        shape = (batch_size, cfg.n_heads, cfg.max_seq_len, cfg.d_model // cfg.n_heads)
+        return [(np.zeros(shape, self.dtype), np.zeros(shape, self.dtype))
+                for _ in range(cfg.n_layers)]
 
     def loss(self, x, y):
         """Mean cross-entropy of next-token predictions. x, y (B, T) ids (y = -1 is ignored).
@@ -248,33 +267,72 @@ class TinyGPT:
 
     # ------------------------------------------------------------ sampling
 
-    def generate(self, prompt, max_new_tokens, temperature=1.0, top_k=None, seed=None):
+    def generate(self, prompt, max_new_tokens, temperature=1.0, top_k=None, seed=None, *,
+                 top_p=None, use_cache=True, on_token=None):
         """Sample ``max_new_tokens`` ids after ``prompt`` (ids, (T,) or (B, T)).
 
-        Returns prompt + new ids with the prompt's rank. The context is cropped to the last
-        max_seq_len tokens. temperature 0 picks the most likely token; top_k keeps the k likeliest.
+        Returns prompt + new ids with the prompt's rank. The model sees the last max_seq_len
+        tokens. temperature 0 picks the likeliest token; top_k keeps the k likeliest, top_p the
+        smallest set whose probability reaches p. With use_cache (the default), keys and values
+        are kept between steps, so each new token costs one position instead of the whole
+        context; the tokens are the same either way. on_token(ids (B,)) sees each new token.
         """
         squeeze = np.asarray(prompt).ndim == 1
         ids = self._check_ids(prompt, name="prompt", limit_length=False)
         if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)) \
                 or max_new_tokens < 0:
             raise ValueError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
-        if not temperature >= 0:
-            raise ValueError(f"temperature must be >= 0, got {temperature}")
-        if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer))
-                                  or top_k < 1):
-            raise ValueError(f"top_k must be an integer >= 1 or None, got {top_k!r}")
+        check_sampling(temperature, top_k, top_p)
         rng = np.random.default_rng(seed)
+        max_len = self.config.max_seq_len
+        kv_cache = self._new_kv_cache(ids.shape[0]) if use_cache else None
+        logits = None
         for _ in range(max_new_tokens):
-            context = ids[:, -self.config.max_seq_len:]
-            logits, _ = self._forward(context, keep=False)
-            next_ids = sample_next(logits[:, -1, :].astype(np.float64), temperature, top_k, rng)
+            if logits is None:  # first step, or the window moved: (re)read the whole context
+                context = ids[:, -max_len:]
+                logits, _ = self._forward(context, keep=False, kv_cache=kv_cache)
+            next_ids = sample_next(logits[:, -1, :], temperature, top_k, top_p, rng)
             ids = np.concatenate([ids, next_ids[:, None]], axis=1)
+            if on_token is not None:
+                on_token(next_ids)
+            position = ids.shape[1] - 1
+            if use_cache and position < max_len:
+                logits, _ = self._forward(next_ids[:, None], keep=False, kv_cache=kv_cache,
+                                          start=position)
+            else:
+                logits = None
         return ids[0] if squeeze else ids
 
 
-def sample_next(logits, temperature, top_k, rng):
+def _attend_to_cache(q, keys, values):
+    """Queries at the last Tq positions attend causally to all cached ones.
+
+    q (B, H, Tq, D), keys/values (B, H, Tk, D) with Tk >= Tq -> out (B, H, Tq, D).
+    """
+    Tq, Tk, D = q.shape[2], keys.shape[2], q.shape[3]
+    scores = (q @ keys.swapaxes(-1, -2)) * (1.0 / math.sqrt(D))  # (B, H, Tq, Tk)
+    future = np.arange(Tk)[None, :] > np.arange(Tk - Tq, Tk)[:, None]
+    scores[..., future] = -np.inf
+    weights = np.exp(scores - scores.max(axis=-1, keepdims=True))
+    weights /= weights.sum(axis=-1, keepdims=True)
+    return weights @ values
+
+
+def check_sampling(temperature, top_k, top_p):
+    """Raise ValueError for a temperature < 0, top_k < 1, or top_p outside (0, 1]."""
+    if not isinstance(temperature, (int, float, np.number)) or not temperature >= 0:
+        raise ValueError(f"temperature must be a number >= 0, got {temperature!r}")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer))
+                              or top_k < 1):
+        raise ValueError(f"top_k must be an integer >= 1 or None, got {top_k!r}")
+    if top_p is not None and (not isinstance(top_p, (int, float, np.number))
+                              or not 0 < top_p <= 1):
+        raise ValueError(f"top_p must be in (0, 1] or None, got {top_p!r}")
+
+
+def sample_next(logits, temperature, top_k, top_p, rng):
     """logits (B, V) -> one sampled id per row (B,). temperature 0 is argmax."""
+    logits = logits.astype(np.float64)
     if temperature == 0:
         return logits.argmax(axis=1)
     logits = logits / temperature
@@ -283,4 +341,12 @@ def sample_next(logits, temperature, top_k, rng):
         logits = np.where(logits < kth, -np.inf, logits)
     probs = np.exp(logits - logits.max(axis=1, keepdims=True))
     probs /= probs.sum(axis=1, keepdims=True)
+    if top_p is not None and top_p < 1:
+        order = np.argsort(-probs, axis=1, kind="stable")
+        sorted_probs = np.take_along_axis(probs, order, axis=1)
+        before = np.cumsum(sorted_probs, axis=1) - sorted_probs  # mass of the likelier tokens
+        drop = np.zeros_like(probs, dtype=bool)
+        np.put_along_axis(drop, order, before >= top_p, axis=1)
+        probs = np.where(drop, 0.0, probs)
+        probs /= probs.sum(axis=1, keepdims=True)
     return np.array([rng.choice(len(row), p=row) for row in probs])

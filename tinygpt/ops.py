@@ -8,6 +8,7 @@ import importlib
 import os
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from . import reference
 
@@ -56,10 +57,15 @@ def get_backend():
 
 
 def set_num_threads(n):
-    """Threads for the compiled kernels (an int >= 1)."""
+    """Threads for the compiled kernels and for BLAS (an int >= 1).
+
+    Kernels never call BLAS from inside their parallel loops, so the two pools take turns on
+    the same cores rather than competing for them.
+    """
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
         raise ValueError(f"number of threads must be an integer >= 1, got {n!r}")
     _state["threads"] = int(n)
+    threadpool_limits(limits=int(n), user_api="blas")
 
 
 def get_num_threads():
@@ -74,7 +80,7 @@ def _default_threads():
 
 
 set_backend(os.environ.get("TINYGPT_BACKEND", "cython"))
-set_num_threads(_default_threads())
+_state["threads"] = _default_threads()
 
 
 def _run(op, *args):

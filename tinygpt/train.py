@@ -7,7 +7,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-from threadpoolctl import threadpool_limits
 
 from . import data, ops
 from .checkpoint import save_checkpoint
@@ -219,9 +218,11 @@ def _sample_text(model, tokenizer, prompt, n_tokens, seed):
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    if args.threads is not None:
-        ops.set_num_threads(args.threads)
-    threads = ops.get_num_threads()
+    try:
+        ops.set_num_threads(args.threads if args.threads is not None else ops.get_num_threads())
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     try:
         text = data.load_text(args.data)
     except (FileNotFoundError, ValueError, UnicodeDecodeError) as err:
@@ -245,32 +246,30 @@ def main(argv=None):
     trainer.callback = _ProgressPrinter(trainer.total_steps)
     print(f"tinygpt: {model.num_parameters():,} parameters | vocab {tokenizer.vocab_size} | "
           f"{len(train_ids):,} train / {len(val_ids):,} val tokens | {trainer.total_steps} steps | "
-          f"backend {ops.get_backend()} | {threads} threads", flush=True)
+          f"backend {ops.get_backend()} | {ops.get_num_threads()} threads", flush=True)
 
     def save():
         save_checkpoint(out_dir / "ckpt.npz", model, tokenizer, trainer.optimizer, trainer.step,
                         extra={"args": vars(args)})
         atomic_write_text(out_dir / "history.json", json.dumps(trainer.history, indent=1))
 
-    interrupted = False
-    with threadpool_limits(limits=threads, user_api="blas"):
-        try:
-            trainer.run()
-        except KeyboardInterrupt:
-            interrupted = True
-            print(f"\ninterrupted at step {trainer.step}; saving a checkpoint", flush=True)
-        except FloatingPointError as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 1
+    try:
+        trainer.run()
+    except KeyboardInterrupt:
+        print(f"\ninterrupted at step {trainer.step}; saving a checkpoint", flush=True)
         save()
         print(f"saved {out_dir / 'ckpt.npz'} and {out_dir / 'history.json'}")
-        if interrupted:
-            return 130
-        history = trainer.history
-        if history["val_loss"]:
-            print(f"final val loss {history['val_loss'][-1]:.4f} | "
-                  f"val perplexity {history['val_perplexity'][-1]:.2f}")
-        sample = _sample_text(model, tokenizer, args.prompt, args.sample_tokens, args.seed)
+        return 130
+    except FloatingPointError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    save()
+    print(f"saved {out_dir / 'ckpt.npz'} and {out_dir / 'history.json'}")
+    history = trainer.history
+    if history["val_loss"]:
+        print(f"final val loss {history['val_loss'][-1]:.4f} | "
+              f"val perplexity {history['val_perplexity'][-1]:.2f}")
+    sample = _sample_text(model, tokenizer, args.prompt, args.sample_tokens, args.seed)
     atomic_write_text(out_dir / "samples.txt", sample + "\n")
     print(f"--- sample (temperature 0.8) ---\n{sample}\n---")
     print(f"saved {out_dir / 'samples.txt'}")
