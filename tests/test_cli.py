@@ -1,10 +1,12 @@
 """The command lines, run as a user runs them: in a subprocess."""
 import json
 import os
+import signal
 import subprocess
 import sys
 
 import numpy as np
+
 import pytest
 
 from tinygpt import load_checkpoint
@@ -33,12 +35,73 @@ def test_train_cli_runs_end_to_end(trained):
     assert "val loss" in result.stdout and "val perplexity" in result.stdout
     history = json.loads((out / "history.json").read_text())
     assert history["step"] == [1, 2, 3, 4, 5] and history["eval_step"] == [5]
-    sample = (out / "samples.txt").read_text()
-    assert sample.startswith("ROMEO:") and len(sample) == len("ROMEO:") + 40 + 1
+    samples = (out / "samples.txt").read_text()
+    assert samples.startswith("=== step 5, val loss ")  # a short sample at each evaluation
+    final = samples.split("=== final, step 5 ===\n")[1]
+    assert final.startswith("ROMEO:") and len(final) == len("ROMEO:") + 40 + 1
+    assert (out / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / "best.npz").is_file()
     model, tok, meta, opt = load_checkpoint(out / "ckpt.npz")
     assert meta["step"] == 5 and int(opt["t"]) == 5
     assert model.config.d_model == 128 and model.config.n_layers == 4
     assert meta["extra"]["args"]["batch_size"] == 64 and meta["extra"]["args"]["seq_len"] == 128
+
+
+SMALL = ["--d-model", "16", "--n-heads", "2", "--n-layers", "1", "--seq-len", "16",
+         "--batch-size", "4", "--sample-tokens", "5", "--threads", "1"]
+
+
+@pytest.fixture(scope="module")
+def small_text(tmp_path_factory, shakespeare_text):
+    path = tmp_path_factory.mktemp("data") / "small.txt"
+    path.write_text(shakespeare_text[:20_000])
+    return path
+
+
+def test_interrupt_saves_a_checkpoint_and_resume_matches_an_uninterrupted_run(tmp_path, small_text):
+    common = ["--data", str(small_text), "--max-steps", "300", "--eval-interval", "100", *SMALL]
+    straight = run("tinygpt.train", *common, "--out-dir", str(tmp_path / "straight"))
+    assert straight.returncode == 0, straight.stderr
+
+    out = tmp_path / "interrupted"
+    proc = subprocess.Popen([sys.executable, "-m", "tinygpt.train", *common, "--out-dir", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in proc.stdout:  # wait until training is under way
+        if line.startswith("step"):
+            break
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    assert "--resume" in stdout
+    _, _, meta, _ = load_checkpoint(out / "ckpt.npz")
+    stopped_at = meta["step"]
+    assert 0 < stopped_at < 300
+
+    resumed = run("tinygpt.train", "--resume", "--out-dir", str(out))
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming at step {stopped_at} of 300" in resumed.stdout
+    final = load_checkpoint(out / "ckpt.npz")
+    expected = load_checkpoint(tmp_path / "straight" / "ckpt.npz")
+    assert final[2]["step"] == 300
+    np.testing.assert_array_equal(final[0].params, expected[0].params)
+    np.testing.assert_array_equal(final[3]["v"], expected[3]["v"])
+    assert final[2]["extra"]["trainer"]["history"]["train_loss"] == \
+        expected[2]["extra"]["trainer"]["history"]["train_loss"]
+
+
+def test_resume_without_a_checkpoint_is_a_clear_error(tmp_path):
+    result = run("tinygpt.train", "--resume", "--out-dir", str(tmp_path))
+    assert result.returncode == 2 and "does not exist" in result.stderr
+
+
+def test_plot_cli_redraws_loss_png(trained, tmp_path):
+    out, _ = trained
+    (out / "loss.png").unlink()
+    result = run("tinygpt.plot", str(out))
+    assert result.returncode == 0, result.stderr
+    assert (out / "loss.png").read_bytes()[:4] == b"\x89PNG"
+    missing = run("tinygpt.plot", str(tmp_path))
+    assert missing.returncode == 2 and "history.json" in missing.stderr
 
 
 def test_sample_cli_continues_the_prompt(trained):
@@ -101,3 +164,23 @@ def test_sample_cli_reads_a_prompt_file_and_checks_sampling_flags(tmp_path, trai
     assert bad.returncode == 2 and "top_p" in bad.stderr
     missing = run("tinygpt.sample", "--checkpoint", ckpt, "--prompt-file", str(tmp_path / "no.txt"))
     assert missing.returncode == 2 and "no.txt" in missing.stderr
+
+
+def test_non_finite_loss_stops_the_run_and_keeps_the_last_checkpoint(tmp_path, small_text, monkeypatch,
+                                                                     capsys):
+    from tinygpt import train, trainer
+
+    real_step = trainer.Trainer.train_step
+
+    def blow_up_at_step_7(self, x, y):
+        if self.step == 7:
+            raise FloatingPointError(f"loss became nan at step {self.step}; stopping")
+        return real_step(self, x, y)
+
+    monkeypatch.setattr(trainer.Trainer, "train_step", blow_up_at_step_7)
+    code = train.main(["--data", str(small_text), "--max-steps", "20", "--eval-interval", "10",
+                       "--checkpoint-interval", "5", "--out-dir", str(tmp_path), *SMALL])
+    assert code == 1
+    assert "loss became nan at step 7" in capsys.readouterr().err
+    model, _, meta, _ = load_checkpoint(tmp_path / "ckpt.npz")
+    assert meta["step"] == 5 and np.isfinite(model.params).all()

@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tinygpt import TinyGPT, ops
+from tinygpt import TinyGPT
 from tinygpt.model import _views
 from tinygpt.optim import AdamW
 

@@ -4,7 +4,7 @@ from .data import load_dataset, load_text
 from .model import TinyGPT
 from .ops import available_kernels, get_backend, get_num_threads, set_backend, set_num_threads
 from .tokenizer import CharTokenizer
-from .train import Trainer, evaluate, train_model
+from .trainer import Trainer, evaluate, train_model
 
 __all__ = [
     "CharTokenizer", "TinyGPT", "train_model", "Trainer", "evaluate",

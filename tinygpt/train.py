@@ -1,7 +1,7 @@
-"""train_model() and the ``python -m tinygpt.train`` command line."""
+"""``python -m tinygpt.train``: train on tiny_shakespeare (or any text), checkpoint, sample."""
 import argparse
 import json
-import math
+import signal
 import sys
 import time
 from pathlib import Path
@@ -9,142 +9,12 @@ from pathlib import Path
 import numpy as np
 
 from . import data, ops
-from .checkpoint import save_checkpoint
+from .checkpoint import load_checkpoint, save_checkpoint
 from .files import atomic_write_text
 from .model import TinyGPT
-from .optim import AdamW, clip_grad_norm, lr_at
+from .plot import plot_history
 from .tokenizer import CharTokenizer
-
-
-def _positive_int(name, value, allow_none=False):
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-    return int(value)
-
-
-def _non_negative(name, value):
-    if not isinstance(value, (int, float, np.number)) or not value >= 0 or math.isinf(value):
-        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-    return float(value)
-
-
-def evaluate(model, tokens, batch_size, seq_len):
-    """Mean next-token loss over every non-overlapping seq_len window of ``tokens``."""
-    total, count = 0.0, 0
-    for x, y in data.sequential_batches(tokens, batch_size, seq_len):
-        logits = model.forward(x)
-        loss, _ = ops.softmax_cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
-        total += loss * y.size
-        count += y.size
-    return total / count
-
-
-class Trainer:
-    """The training loop's state: model, optimizer, data order and step count.
-
-    ``run`` trains until the step budget is spent; ``train_model`` is the one-call wrapper.
-    """
-
-    def __init__(self, model, train_data, epochs=10, batch_size=32, seq_len=64, lr=1e-3, *,
-                 val_data=None, warmup_steps=100, weight_decay=0.01, max_grad_norm=1.0,
-                 eval_interval=None, max_steps=None, seed=0, callback=None):
-        if not isinstance(model, TinyGPT):
-            raise TypeError(f"model must be a TinyGPT, got {type(model).__name__}")
-        self.epochs = _positive_int("epochs", epochs)
-        self.batch_size = _positive_int("batch_size", batch_size)
-        self.seq_len = _positive_int("seq_len", seq_len)
-        if self.seq_len > model.config.max_seq_len:
-            raise ValueError(f"seq_len {seq_len} exceeds the model's max_seq_len "
-                             f"{model.config.max_seq_len}")
-        if not isinstance(lr, (int, float, np.number)) or not lr > 0 or math.isinf(lr):
-            raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
-        self.lr = float(lr)
-        self.warmup_steps = int(_non_negative("warmup_steps", warmup_steps))
-        self.max_grad_norm = _non_negative("max_grad_norm", max_grad_norm)
-        self.train_data = self._check_ids(model, data.check_tokens(train_data, "train_data", self.seq_len), "train_data")
-        self.val_data = None
-        if val_data is not None:
-            self.val_data = self._check_ids(model, data.check_tokens(val_data, "val_data", self.seq_len), "val_data")
-        steps_per_epoch = math.ceil(data.windows_per_epoch(len(self.train_data), self.seq_len)
-                                    / self.batch_size)
-        max_steps = _positive_int("max_steps", max_steps, allow_none=True)
-        self.total_steps = max_steps if max_steps is not None else self.epochs * steps_per_epoch
-        eval_interval = _positive_int("eval_interval", eval_interval, allow_none=True)
-        self.eval_interval = eval_interval or max(1, self.total_steps // 10)
-        self.callback = callback
-        self.model = model
-        self.optimizer = AdamW(model.params, model.grads, model.decay_mask(),
-                               weight_decay=_non_negative("weight_decay", weight_decay))
-        self.rng = np.random.default_rng(seed)
-        self.step = 0
-        self.history = {"step": [], "train_loss": [], "lr": [], "grad_norm": [],
-                        "tokens_per_sec": [], "eval_step": [], "val_loss": [], "val_perplexity": []}
-
-    @staticmethod
-    def _check_ids(model, tokens, name):
-        if tokens.min() < 0 or tokens.max() >= model.config.vocab_size:
-            raise ValueError(f"{name} holds ids outside [0, {model.config.vocab_size})")
-        return tokens
-
-    def _batches(self):
-        """Endless stream of training batches, one shuffled epoch after another."""
-        while True:
-            yield from data.epoch_batches(self.train_data, self.batch_size, self.seq_len, self.rng)
-
-    def train_step(self, x, y):
-        """Forward, backward, clip, AdamW: returns (loss, lr, grad norm before clipping)."""
-        loss = self.model.loss(x, y)
-        if not math.isfinite(loss):
-            raise FloatingPointError(f"loss became {loss} at step {self.step}; stopping")
-        self.model.backward()
-        grad_norm = clip_grad_norm(self.model.grads, self.max_grad_norm)
-        lr = lr_at(self.step, self.lr, self.warmup_steps, self.total_steps)
-        self.optimizer.step(lr)
-        self.step += 1
-        return loss, lr, grad_norm
-
-    def run(self):
-        """Train until ``total_steps``; evaluate every ``eval_interval`` steps and at the end."""
-        h = self.history
-        for x, y in self._batches():
-            if self.step >= self.total_steps:
-                break
-            start = time.perf_counter()
-            loss, lr, grad_norm = self.train_step(x, y)
-            tokens_per_sec = x.size / (time.perf_counter() - start)
-            for key, value in (("step", self.step), ("train_loss", loss), ("lr", lr),
-                               ("grad_norm", grad_norm), ("tokens_per_sec", tokens_per_sec)):
-                h[key].append(value)
-            info = {"step": self.step, "total_steps": self.total_steps, "loss": loss, "lr": lr,
-                    "grad_norm": grad_norm, "tokens_per_sec": tokens_per_sec}
-            if self.val_data is not None and (self.step % self.eval_interval == 0
-                                              or self.step == self.total_steps):
-                val_loss = evaluate(self.model, self.val_data, self.batch_size, self.seq_len)
-                h["eval_step"].append(self.step)
-                h["val_loss"].append(val_loss)
-                h["val_perplexity"].append(math.exp(val_loss))
-                info.update(val_loss=val_loss, val_perplexity=math.exp(val_loss))
-            if self.callback is not None:
-                self.callback(info)
-        return h
-
-
-def train_model(model, train_data, epochs=10, batch_size=32, seq_len=64, lr=1e-3, **options):
-    """Train ``model`` on a 1-D array of token ids; returns the history dict.
-
-    One epoch is one pass over train_data in shuffled non-overlapping windows from a random
-    offset. ``max_steps`` (if given) replaces the epoch count. Keyword options: val_data,
-    warmup_steps=100, weight_decay=0.01, max_grad_norm=1.0, eval_interval (default: a tenth of
-    the run), max_steps, seed=0, callback (called with a dict after every step).
-    History keys: step, train_loss, lr, grad_norm, tokens_per_sec (per step) and eval_step,
-    val_loss, val_perplexity (per evaluation).
-    """
-    return Trainer(model, train_data, epochs, batch_size, seq_len, lr, **options).run()
-
-
-# ---------------------------------------------------------------- command line
+from .trainer import Trainer, _positive_int
 
 def _flag(parser, name, **kwargs):
     """Add --a-flag also spelled --a_flag."""
@@ -176,6 +46,10 @@ def build_parser():
     _flag(p, "threads", type=int, default=None, help="CPU threads for kernels and BLAS")
     _flag(p, "prompt", default="ROMEO:", help="prompt for the final sample")
     _flag(p, "sample-tokens", type=int, default=500, help="length of the final sample")
+    _flag(p, "checkpoint-interval", type=int, default=100,
+          help="steps between checkpoints (one is also written at every evaluation and the end)")
+    _flag(p, "resume", action="store_true",
+          help="continue the run saved in --out-dir (its own settings are used)")
     return p
 
 
@@ -184,95 +58,183 @@ def _format_eta(seconds):
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
-class _ProgressPrinter:
-    """Prints a line every few steps (step, loss, tokens/s, ETA) and every evaluation."""
+class _Progress:
+    """A tqdm bar on a terminal; elsewhere a plain line every ``every`` steps. Evals get a line."""
 
-    def __init__(self, total_steps, every=10):
-        self.every = every
-        self.start = time.perf_counter()
-        self.total_steps = total_steps
+    def __init__(self, trainer, every=50):
+        self.every, self.total = every, trainer.total_steps
+        self.start_step, self.start = trainer.step, time.perf_counter()
+        self.bar = None
+        if sys.stdout.isatty():
+            from tqdm import tqdm
 
-    def __call__(self, info):
+            self.bar = tqdm(total=self.total, initial=trainer.step, unit="step", dynamic_ncols=True)
+
+    def step(self, info):
         step = info["step"]
-        elapsed = time.perf_counter() - self.start
-        eta = elapsed / step * (self.total_steps - step)
-        if step % self.every == 0 or step == self.total_steps or step == 1:
-            print(f"step {step:5d}/{self.total_steps} | loss {info['loss']:.4f} | "
+        if self.bar is not None:
+            self.bar.set_postfix_str(f"loss {info['loss']:.4f} | {info['tokens_per_sec']:,.0f} tok/s")
+            self.bar.update(1)
+        elif step % self.every == 0 or step == self.total or step == self.start_step + 1:
+            elapsed = time.perf_counter() - self.start
+            eta = elapsed / (step - self.start_step) * (self.total - step)
+            print(f"step {step:5d}/{self.total} | loss {info['loss']:.4f} | "
                   f"lr {info['lr']:.2e} | grad norm {info['grad_norm']:.3f} | "
                   f"{info['tokens_per_sec']:,.0f} tok/s | ETA {_format_eta(eta)}", flush=True)
-        if "val_loss" in info:
-            print(f"eval step {step}: val loss {info['val_loss']:.4f} | "
-                  f"val perplexity {info['val_perplexity']:.2f}", flush=True)
+
+    def write(self, line):
+        if self.bar is not None:
+            self.bar.write(line)
+        else:
+            print(line, flush=True)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
 
 
-def _sample_text(model, tokenizer, prompt, n_tokens, seed):
+def _encode_prompt(tokenizer, prompt):
+    """The prompt's ids, or the first vocabulary character when the prompt does not fit."""
     try:
-        ids = tokenizer.encode(prompt)
+        return tokenizer.encode(prompt) or [0]
     except ValueError:
-        ids = []
-    if not ids:
-        ids = [0]
-    out = model.generate(np.array(ids), n_tokens, temperature=0.8, seed=seed)
-    return tokenizer.decode(out)
+        return [0]
+
+
+class _Run:
+    """One command-line run: the trainer plus the files it keeps in the out dir."""
+
+    def __init__(self, args, trainer, tokenizer):
+        self.args, self.trainer, self.tokenizer = args, trainer, tokenizer
+        self.out = Path(args.out_dir)
+        self.samples = []
+        if args.resume and (self.out / "samples.txt").is_file():
+            self.samples.append((self.out / "samples.txt").read_text(encoding="utf-8"))
+        self.progress = None
+
+    def sample(self, n_tokens, temperature=0.8):
+        prompt = np.array(_encode_prompt(self.tokenizer, self.args.prompt))
+        out = self.trainer.model.generate(prompt, n_tokens, temperature=temperature,
+                                          seed=self.args.seed + self.trainer.step)
+        return self.tokenizer.decode(out)
+
+    def save(self, name="ckpt.npz"):
+        """Checkpoint, history and loss plot, each written atomically."""
+        t = self.trainer
+        save_checkpoint(self.out / name, t.model, self.tokenizer, t.optimizer, t.step,
+                        extra={"args": vars(self.args), "trainer": t.state()})
+        if name == "ckpt.npz":
+            atomic_write_text(self.out / "history.json", json.dumps(t.history, indent=1))
+            if t.history["step"]:
+                plot_history(t.history, self.out / "loss.png")
+
+    def add_sample(self, header, text):
+        self.samples.append(f"=== {header} ===\n{text}\n")
+        atomic_write_text(self.out / "samples.txt", "\n".join(self.samples))
+
+    def on_step(self, info):
+        self.progress.step(info)
+        step = info["step"]
+        if "val_loss" in info:
+            self.progress.write(f"eval step {step}: val loss {info['val_loss']:.4f} | "
+                                f"val perplexity {info['val_perplexity']:.2f}")
+            history = self.trainer.history
+            self.add_sample(f"step {step}, val loss {info['val_loss']:.4f}", self.sample(200))
+            if info["val_loss"] <= min(history["val_loss"]):
+                self.save("best.npz")
+        if step % self.args.checkpoint_interval == 0 or "val_loss" in info:
+            self.save()
+
+
+def _handle_sigint(trainer):
+    """First Ctrl-C: finish the current step, then stop. A second one interrupts at once."""
+    def handler(signum, frame):
+        if trainer.stop_requested:
+            raise KeyboardInterrupt
+        trainer.stop_requested = True
+        print("\nCtrl-C: stopping after this step and saving a checkpoint "
+              "(press again to quit without saving)", file=sys.stderr, flush=True)
+    return signal.signal(signal.SIGINT, handler)
+
+
+def _build(args):
+    """(trainer, tokenizer) for a fresh run, or for the run saved in out_dir with --resume."""
+    text = data.load_text(args.data)
+    tokenizer = CharTokenizer(text)
+    ids = np.array(tokenizer.encode(text), dtype=np.int32)
+    train_ids, val_ids = data.split(ids)
+    model = TinyGPT(tokenizer.vocab_size, args.d_model, args.n_heads, args.n_layers,
+                    args.max_seq_len or args.seq_len, seed=args.seed)
+    trainer = Trainer(model, train_ids, args.epochs, args.batch_size, args.seq_len, args.lr,
+                      val_data=val_ids, warmup_steps=args.warmup_steps,
+                      weight_decay=args.weight_decay, max_grad_norm=args.max_grad_norm,
+                      eval_interval=args.eval_interval, max_steps=args.max_steps, seed=args.seed)
+    return trainer, tokenizer
+
+
+def _resume(args):
+    """Reload the run in args.out_dir: its own arguments, model, optimizer and data position."""
+    path = Path(args.out_dir) / "ckpt.npz"
+    model, tokenizer, meta, optim = load_checkpoint(path)
+    if optim is None or "trainer" not in meta["extra"]:
+        raise ValueError(f"{path} holds no training state to resume from")
+    saved = argparse.Namespace(**meta["extra"]["args"])
+    saved.out_dir, saved.threads, saved.resume = args.out_dir, args.threads, True
+    trainer, built_tokenizer = _build(saved)
+    if built_tokenizer.chars != tokenizer.chars:
+        raise ValueError(f"the data's vocabulary differs from the one in {path}")
+    trainer.model.params[...] = model.params
+    trainer.optimizer.load_state(optim)
+    trainer.load_state(meta["extra"]["trainer"])
+    return saved, trainer, tokenizer
 
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
-        ops.set_num_threads(args.threads if args.threads is not None else ops.get_num_threads())
-    except ValueError as err:
+        if args.threads is not None:
+            ops.set_num_threads(args.threads)
+        if args.resume:
+            args, trainer, tokenizer = _resume(args)
+        else:
+            trainer, tokenizer = _build(args)
+        _positive_int("checkpoint_interval", args.checkpoint_interval)
+    except (OSError, ValueError, UnicodeDecodeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    try:
-        text = data.load_text(args.data)
-    except (FileNotFoundError, ValueError, UnicodeDecodeError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    tokenizer = CharTokenizer(text)
-    ids = np.array(tokenizer.encode(text), dtype=np.int32)
-    train_ids, val_ids = data.split(ids)
-    out_dir = Path(args.out_dir)
-    try:
-        model = TinyGPT(tokenizer.vocab_size, args.d_model, args.n_heads, args.n_layers,
-                        args.max_seq_len or args.seq_len, seed=args.seed)
-        trainer = Trainer(model, train_ids, args.epochs, args.batch_size, args.seq_len, args.lr,
-                          val_data=val_ids, warmup_steps=args.warmup_steps,
-                          weight_decay=args.weight_decay, max_grad_norm=args.max_grad_norm,
-                          eval_interval=args.eval_interval, max_steps=args.max_steps,
-                          seed=args.seed)
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    trainer.callback = _ProgressPrinter(trainer.total_steps)
+    model = trainer.model
     print(f"tinygpt: {model.num_parameters():,} parameters | vocab {tokenizer.vocab_size} | "
-          f"{len(train_ids):,} train / {len(val_ids):,} val tokens | {trainer.total_steps} steps | "
-          f"backend {ops.get_backend()} | {ops.get_num_threads()} threads", flush=True)
-
-    def save():
-        save_checkpoint(out_dir / "ckpt.npz", model, tokenizer, trainer.optimizer, trainer.step,
-                        extra={"args": vars(args)})
-        atomic_write_text(out_dir / "history.json", json.dumps(trainer.history, indent=1))
-
+          f"{len(trainer.train_data):,} train / {len(trainer.val_data):,} val tokens | "
+          f"{'resuming at step ' + str(trainer.step) + ' of ' if args.resume else ''}"
+          f"{trainer.total_steps} steps | backend {ops.get_backend()} | "
+          f"{ops.get_num_threads()} threads", flush=True)
+    run = _Run(args, trainer, tokenizer)
+    run.progress = _Progress(trainer)
+    trainer.callback = run.on_step
+    previous_handler = _handle_sigint(trainer)
     try:
         trainer.run()
-    except KeyboardInterrupt:
-        print(f"\ninterrupted at step {trainer.step}; saving a checkpoint", flush=True)
-        save()
-        print(f"saved {out_dir / 'ckpt.npz'} and {out_dir / 'history.json'}")
-        return 130
     except FloatingPointError as err:
-        print(f"error: {err}", file=sys.stderr)
+        run.progress.close()
+        print(f"error: {err}. The last good checkpoint in {run.out} is untouched.",
+              file=sys.stderr)
         return 1
-    save()
-    print(f"saved {out_dir / 'ckpt.npz'} and {out_dir / 'history.json'}")
+    finally:
+        signal.signal(signal.SIGINT, previous_handler)
+    run.progress.close()
+    run.save()
+    print(f"saved {run.out / 'ckpt.npz'}, history.json and loss.png at step {trainer.step}")
+    if trainer.stop_requested:
+        print(f"stopped early; continue with: python -m tinygpt.train --resume --out-dir {run.out}")
+        return 130
     history = trainer.history
     if history["val_loss"]:
         print(f"final val loss {history['val_loss'][-1]:.4f} | "
               f"val perplexity {history['val_perplexity'][-1]:.2f}")
-    sample = _sample_text(model, tokenizer, args.prompt, args.sample_tokens, args.seed)
-    atomic_write_text(out_dir / "samples.txt", sample + "\n")
+    sample = run.sample(args.sample_tokens)
+    run.add_sample(f"final, step {trainer.step}", sample)
     print(f"--- sample (temperature 0.8) ---\n{sample}\n---")
-    print(f"saved {out_dir / 'samples.txt'}")
+    print(f"saved {run.out / 'samples.txt'}")
     return 0
 
 
