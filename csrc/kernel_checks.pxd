@@ -1,0 +1,51 @@
+# Input checks shared by the kernel wrappers: the memory-safety boundary between Python and C.
+#
+# Every wrapper passes its arrays through float_arrays() and then checks ranks and shapes with
+# check_shape(), so a kernel only ever sees C-contiguous float32/float64 arrays of the shapes it
+# indexes. Errors name the argument: TypeError for a wrong dtype, ValueError for a wrong shape.
+
+# Upper bound on the OpenMP team size; larger requests are clamped (results do not depend on it).
+cdef enum:
+    MAX_THREADS = 256
+
+
+cdef inline tuple float_arrays(tuple names, tuple arrays):
+    """Return the arrays C-contiguous, after checking they are float32 or float64, all one dtype."""
+    import numpy as np
+    cdef list out = []
+    first_name = None
+    dtype = None
+    for name, a in zip(names, arrays):
+        a = np.asarray(a)
+        if a.dtype != np.float32 and a.dtype != np.float64:
+            raise TypeError(f"{name} must be a float32 or float64 array, got dtype {a.dtype}")
+        if dtype is None:
+            first_name, dtype = name, a.dtype
+        elif a.dtype != dtype:
+            raise TypeError(f"{name} has dtype {a.dtype} but {first_name} has dtype {dtype}; "
+                            f"all arrays must share one dtype")
+        out.append(np.ascontiguousarray(a))
+    return tuple(out)
+
+
+cdef inline check_shape(str name, a, tuple shape, str layout):
+    """Raise ValueError unless a.shape == shape; layout names the axes, e.g. '(N, C)'."""
+    if a.shape != shape:
+        raise ValueError(f"{name} must have shape {layout} = {shape}, got {a.shape}")
+
+
+cdef inline check_ndim(str name, a, int ndim, str layout):
+    if a.ndim != ndim:
+        raise ValueError(f"{name} must be {ndim}-D {layout}, got shape {a.shape}")
+
+
+cdef inline int thread_count(n_threads) except -1:
+    """Validate n_threads (an int >= 1) and clamp it to MAX_THREADS."""
+    import operator
+    try:
+        n = operator.index(n_threads)
+    except TypeError:
+        raise TypeError(f"n_threads must be an integer, got {type(n_threads).__name__}") from None
+    if n < 1:
+        raise ValueError(f"n_threads must be >= 1, got {n}")
+    return min(n, MAX_THREADS)
