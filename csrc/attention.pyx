@@ -14,6 +14,8 @@ BLAS runs single-threaded inside these calls (threadpoolctl): the parallelism is
 """
 import numpy as np
 
+from tinygpt.blas_threads import one_blas_thread
+
 from libc.math cimport sqrt
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy
@@ -172,21 +174,6 @@ cdef int backward_impl(const floating[:, :, :, ::1] dout, const floating[:, :, :
     return -1 if failed else 0
 
 
-_blas_controller = None
-
-
-def _one_blas_thread():
-    """Context manager: BLAS runs single-threaded inside it (threadpoolctl).
-
-    The kernels call BLAS from inside their own OpenMP threads; OpenBLAS threads on top of
-    those would only fight them for the same cores."""
-    global _blas_controller
-    if _blas_controller is None:
-        from threadpoolctl import ThreadpoolController
-        _blas_controller = ThreadpoolController()
-    return _blas_controller.limit(limits=1, user_api="blas")
-
-
 def _check_qkv(names, arrays):
     """float_arrays + every array 4-D (B, H, T, D) with one shape; D >= 1."""
     arrays = float_arrays(names, arrays)
@@ -209,7 +196,7 @@ def attention_forward(q, k, v, n_threads):
     lse = np.empty(q.shape[:3], q.dtype)
     if q.size == 0:
         return out, lse
-    with _one_blas_thread():
+    with one_blas_thread():
         if q.dtype == np.float32:
             status = forward_impl[float](q, k, v, out, lse, nt)
         else:
@@ -232,7 +219,7 @@ def attention_backward(dout, q, k, v, out, lse, n_threads):
     dv = np.empty_like(q)
     if q.size == 0:
         return dq, dk, dv
-    with _one_blas_thread():
+    with one_blas_thread():
         if q.dtype == np.float32:
             status = backward_impl[float](dout, q, k, v, out, lse, dq, dk, dv, nt)
         else:

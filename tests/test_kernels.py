@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tinygpt import _attention, _cross_entropy, _gelu, _layernorm
+from tinygpt import _attention, _cross_entropy, _gelu, _layernorm, _linear
 from tinygpt import reference as ref
 
 DTYPES = [np.float32, np.float64]
@@ -147,6 +147,23 @@ def test_cross_entropy_extreme_logits(dtype):
     assert dlogits[0, 3] == 0 and np.isfinite(dlogits).all()
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n_threads", THREADS)
+@SETTINGS
+@given(seed=seeds, n=st.integers(1, 700), k=st.integers(1, 40), m=st.integers(1, 40),
+       with_bias=st.booleans(), with_residual=st.booleans())
+def test_linear_parity(dtype, n_threads, seed, n, k, m, with_bias, with_residual):
+    rng = np.random.default_rng(seed)
+    x, w, dout = normal(rng, (n, k), dtype), normal(rng, (k, m), dtype), normal(rng, (n, m), dtype)
+    bias = normal(rng, m, dtype) if with_bias else None
+    residual = normal(rng, (n, m), dtype) if with_residual else None
+    out = _linear.linear_forward(x, w, bias, residual, n_threads)
+    # float32: sums of K products (and of N rows for dweight, dbias) in BLAS's order
+    assert_all_close((out,), (ref.linear_forward(x, w, bias, residual),), dtype, atol32=1e-5)
+    grads = _linear.linear_backward(dout, x, w, n_threads)
+    assert_all_close(grads, ref.linear_backward(dout, x, w), dtype, atol32=1e-6 * max(k, n))
+
+
 # ----------------------------------------------------------------------------- determinism
 
 def _default_like_calls(dtype):
@@ -160,7 +177,11 @@ def _default_like_calls(dtype):
     q, k, v, do = (normal(rng, (2, 3, 70, 12), dtype) for _ in range(4))
     out, lse = ref.attention_forward(q, k, v)
     logits, targets = normal(rng, (300, 65), dtype), rng.integers(-1, 65, 300)
+    lw, lb = normal(rng, (96, 40), dtype), normal(rng, 40, dtype)
+    x_rows, dy_rows = normal(rng, (2100, 96), dtype), normal(rng, (2100, 40), dtype)
     return {
+        "linear_forward": lambda n: (_linear.linear_forward(x_rows, lw, lb, dy_rows, n),),
+        "linear_backward": lambda n: _linear.linear_backward(dy_rows, x_rows, lw, n),
         "layernorm_forward": lambda n: _layernorm.layernorm_forward(x, w, b, 1e-5, n),
         "layernorm_backward": lambda n: _layernorm.layernorm_backward(dy, x, w, mean, rstd, n),
         "gelu_forward": lambda n: (_gelu.gelu_forward(g, n),),
@@ -204,7 +225,9 @@ A64 = _arrays(np.float64)
 LN_F, LN_B = _layernorm.layernorm_forward, _layernorm.layernorm_backward
 ATT_F, ATT_B = _attention.attention_forward, _attention.attention_backward
 XENT = _cross_entropy.softmax_cross_entropy
+LIN_F, LIN_B = _linear.linear_forward, _linear.linear_backward
 q, lse, x = A["q"], A["lse"], A["x"]
+LW = normal(np.random.default_rng(4), (10, 4), np.float32)
 
 BAD_CALLS = [
     # wrong dtypes, named in the message
@@ -240,6 +263,13 @@ BAD_CALLS = [
     (ValueError, r"targets\[2\] = 7", lambda: XENT(A["logits"], A["targets"] + (np.arange(6) == 2), 1)),
     (ValueError, r"targets\[3\] = -2", lambda: XENT(A["logits"], A["targets"] - (np.arange(6) == 3), 1)),
     (ValueError, "ignored", lambda: XENT(A["logits"], np.full(6, -1), 1)),
+    (TypeError, "weight", lambda: LIN_F(x, LW.astype(np.float64), None, None, 1)),
+    (TypeError, "residual", lambda: LIN_F(x, LW, None, np.zeros((6, 4), np.float64), 1)),
+    (ValueError, "weight", lambda: LIN_F(x, LW[:-1], None, None, 1)),
+    (ValueError, "bias", lambda: LIN_F(x, LW, np.zeros(5, np.float32), None, 1)),
+    (ValueError, "residual", lambda: LIN_F(x, LW, None, np.zeros((5, 4), np.float32), 1)),
+    (ValueError, "dout", lambda: LIN_B(np.zeros((6, 5), np.float32), x, LW, 1)),
+    (ValueError, "N, K, M >= 1", lambda: LIN_F(x[:0], LW, None, None, 1)),
     # thread counts
     (ValueError, "n_threads", lambda: _gelu.gelu_forward(x, 0)),
     (ValueError, "n_threads", lambda: LN_F(x, A["w"], A["b"], 1e-5, -3)),

@@ -162,7 +162,7 @@ class TinyGPT:
         for i in range(cfg.n_layers):
             h = f"h{i}."
             ln1, mean1, rstd1 = ops.layernorm_forward(x, p[h + "ln1_w"], p[h + "ln1_b"])
-            qkv = ln1 @ p[h + "attn_w"] + p[h + "attn_b"]  # (N, 3C)
+            qkv = ops.linear_forward(ln1, p[h + "attn_w"], p[h + "attn_b"])  # (N, 3C)
             q, k, v = qkv.reshape(B, T, 3, H, D).transpose(2, 0, 3, 1, 4)  # each (B, H, T, D)
             if kv_cache is not None:
                 keys, values = kv_cache[i]  # (B, H, max_seq_len, D) each
@@ -173,18 +173,18 @@ class TinyGPT:
             else:
                 att = _attend_to_cache(q, keys[:, :, :start + T], values[:, :, :start + T])
             att_merged = att.transpose(0, 2, 1, 3).reshape(N, C)
-            x_mid = x + (att_merged @ p[h + "proj_w"] + p[h + "proj_b"])
+            x_mid = ops.linear_forward(att_merged, p[h + "proj_w"], p[h + "proj_b"], residual=x)
             ln2, mean2, rstd2 = ops.layernorm_forward(x_mid, p[h + "ln2_w"], p[h + "ln2_b"])
-            fc = ln2 @ p[h + "fc_w"] + p[h + "fc_b"]  # (N, 4C)
+            fc = ops.linear_forward(ln2, p[h + "fc_w"], p[h + "fc_b"])  # (N, 4C)
             act = ops.gelu_forward(fc)
-            x_out = x_mid + (act @ p[h + "fc2_w"] + p[h + "fc2_b"])
+            x_out = ops.linear_forward(act, p[h + "fc2_w"], p[h + "fc2_b"], residual=x_mid)
             if keep:
                 layers.append(dict(x=x, ln1=ln1, mean1=mean1, rstd1=rstd1, q=q, k=k, v=v,
                                    att=att, lse=lse, att_merged=att_merged, x_mid=x_mid,
                                    ln2=ln2, mean2=mean2, rstd2=rstd2, fc=fc, act=act))
             x = x_out
         lnf, meanf, rstdf = ops.layernorm_forward(x, p["lnf_w"], p["lnf_b"])
-        logits = lnf @ p["head_w"]  # (N, V)
+        logits = ops.linear_forward(lnf, p["head_w"])  # (N, V)
         cache = None
         if keep:
             cache = dict(idx=idx, layers=layers, x=x, lnf=lnf, meanf=meanf, rstdf=rstdf)
@@ -229,33 +229,31 @@ class TinyGPT:
         C, H = cfg.d_model, cfg.n_heads
         D, N = C // H, B * T
 
-        dlogits = cache["dlogits"]  # (N, V)
-        np.matmul(cache["lnf"].T, dlogits, out=g["head_w"])
-        dlnf = dlogits @ p["head_w"].T
+        dlnf, g["head_w"][...], _ = ops.linear_backward(cache["dlogits"], cache["lnf"], p["head_w"])
         dx, g["lnf_w"][...], g["lnf_b"][...] = ops.layernorm_backward(
             dlnf, cache["x"], p["lnf_w"], cache["meanf"], cache["rstdf"])
 
         for i in reversed(range(cfg.n_layers)):
             h, c = f"h{i}.", cache["layers"][i]
             # MLP: x_out = x_mid + fc2(gelu(fc(ln2(x_mid))))
-            np.matmul(c["act"].T, dx, out=g[h + "fc2_w"])
-            dx.sum(axis=0, out=g[h + "fc2_b"])
-            dfc = ops.gelu_backward(dx @ p[h + "fc2_w"].T, c["fc"])
-            np.matmul(c["ln2"].T, dfc, out=g[h + "fc_w"])
-            dfc.sum(axis=0, out=g[h + "fc_b"])
+            dact, g[h + "fc2_w"][...], g[h + "fc2_b"][...] = ops.linear_backward(
+                dx, c["act"], p[h + "fc2_w"])
+            dfc = ops.gelu_backward(dact, c["fc"])
+            dln2, g[h + "fc_w"][...], g[h + "fc_b"][...] = ops.linear_backward(
+                dfc, c["ln2"], p[h + "fc_w"])
             dx_ln2, g[h + "ln2_w"][...], g[h + "ln2_b"][...] = ops.layernorm_backward(
-                dfc @ p[h + "fc_w"].T, c["x_mid"], p[h + "ln2_w"], c["mean2"], c["rstd2"])
+                dln2, c["x_mid"], p[h + "ln2_w"], c["mean2"], c["rstd2"])
             dx = dx + dx_ln2
             # attention: x_mid = x + proj(attn(ln1(x)))
-            np.matmul(c["att_merged"].T, dx, out=g[h + "proj_w"])
-            dx.sum(axis=0, out=g[h + "proj_b"])
-            datt = (dx @ p[h + "proj_w"].T).reshape(B, T, H, D).transpose(0, 2, 1, 3)
+            datt, g[h + "proj_w"][...], g[h + "proj_b"][...] = ops.linear_backward(
+                dx, c["att_merged"], p[h + "proj_w"])
+            datt = datt.reshape(B, T, H, D).transpose(0, 2, 1, 3)
             dq, dk, dv = ops.attention_backward(datt, c["q"], c["k"], c["v"], c["att"], c["lse"])
             dqkv = np.stack([dq, dk, dv]).transpose(1, 3, 0, 2, 4).reshape(N, 3 * C)
-            np.matmul(c["ln1"].T, dqkv, out=g[h + "attn_w"])
-            dqkv.sum(axis=0, out=g[h + "attn_b"])
+            dln1, g[h + "attn_w"][...], g[h + "attn_b"][...] = ops.linear_backward(
+                dqkv, c["ln1"], p[h + "attn_w"])
             dx_ln1, g[h + "ln1_w"][...], g[h + "ln1_b"][...] = ops.layernorm_backward(
-                dqkv @ p[h + "attn_w"].T, c["x"], p[h + "ln1_w"], c["mean1"], c["rstd1"])
+                dln1, c["x"], p[h + "ln1_w"], c["mean1"], c["rstd1"])
             dx = dx + dx_ln1
 
         dx = dx.reshape(B, T, C)

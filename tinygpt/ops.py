@@ -21,6 +21,8 @@ _KERNEL_MODULES = {
     "attention_forward": "_attention",
     "attention_backward": "_attention",
     "softmax_cross_entropy": "_cross_entropy",
+    "linear_forward": "_linear",
+    "linear_backward": "_linear",
 }
 
 
@@ -118,7 +120,40 @@ def _expect_ndim(name, a, ndim):
         raise ValueError(f"{name} must be {ndim}-D, got shape {a.shape}")
 
 
+def _expect_matmul(x, weight):
+    """x (N, K) and weight (K, M), both non-empty."""
+    _expect_ndim("x", x, 2)
+    _expect_ndim("weight", weight, 2)
+    if weight.shape[0] != x.shape[1]:
+        raise ValueError(f"weight must have {x.shape[1]} rows to multiply x {x.shape}, "
+                         f"got shape {weight.shape}")
+    if x.size == 0 or weight.size == 0:
+        raise ValueError(f"x {x.shape} and weight {weight.shape} must not be empty")
+
+
 # ---------------------------------------------------------------- ops
+
+def linear_forward(x, weight, bias=None, residual=None):
+    """x (N, K), weight (K, M), bias (M,) or None, residual (N, M) or None
+    -> out (N, M) = residual + x @ weight + bias."""
+    optional = {name: a for name, a in (("bias", bias), ("residual", residual)) if a is not None}
+    x, weight, *rest = _float_arrays(x=x, weight=weight, **optional)
+    optional = dict(zip(optional, rest))
+    _expect_matmul(x, weight)
+    if "bias" in optional:
+        _expect_shape("bias", optional["bias"], weight.shape[1:])
+    if "residual" in optional:
+        _expect_shape("residual", optional["residual"], (x.shape[0], weight.shape[1]))
+    return _run("linear_forward", x, weight, optional.get("bias"), optional.get("residual"))
+
+
+def linear_backward(dout, x, weight):
+    """dout (N, M), then forward's x (N, K), weight (K, M) -> dx (N, K), dweight, dbias (M,)."""
+    dout, x, weight = _float_arrays(dout=dout, x=x, weight=weight)
+    _expect_matmul(x, weight)
+    _expect_shape("dout", dout, (x.shape[0], weight.shape[1]))
+    return _run("linear_backward", dout, x, weight)
+
 
 def layernorm_forward(x, weight, bias, eps=1e-5):
     """x (N, C), weight (C,), bias (C,) -> out (N, C), mean (N,), rstd (N,)."""

@@ -103,3 +103,20 @@ def softmax_cross_entropy(logits, targets):
     dlogits[np.arange(len(targets)), safe_targets] -= 1.0
     dlogits *= (valid / n_valid)[:, None].astype(logits.dtype)
     return loss, dlogits
+
+
+def linear_forward(x, weight, bias=None, residual=None):
+    """x (N, K), weight (K, M), bias (M,) or None, residual (N, M) or None
+    -> out (N, M) = residual + x @ weight + bias."""
+    out = x @ weight
+    if bias is not None:
+        out += bias
+    if residual is not None:
+        out += residual
+    return out
+
+
+def linear_backward(dout, x, weight):
+    """dout (N, M), then forward's x (N, K) and weight (K, M)
+    -> dx (N, K), dweight (K, M), dbias (M,). (A residual's gradient is dout itself.)"""
+    return dout @ weight.T, x.T @ dout, dout.sum(axis=0)

@@ -1,0 +1,112 @@
+"""The dispatch layer: backends, threads, input checks, and whole training steps across backends."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import tinygpt
+from tinygpt import TinyGPT, ops, train_model
+
+
+@pytest.fixture
+def threads():
+    """Set kernel/BLAS threads inside a test, restoring them afterwards."""
+    previous = ops.get_num_threads()
+    yield ops.set_num_threads
+    ops.set_num_threads(previous)
+
+
+def test_every_op_has_a_compiled_kernel():
+    assert tinygpt.available_kernels() == sorted(ops._KERNEL_MODULES)
+
+
+def test_backend_and_thread_settings_are_checked():
+    with pytest.raises(ValueError, match="backend"):
+        tinygpt.set_backend("torch")
+    for bad in (0, -1, 2.5, True, "2"):
+        with pytest.raises(ValueError, match="threads"):
+            tinygpt.set_num_threads(bad)
+
+
+def test_environment_chooses_backend_and_threads():
+    code = "import tinygpt; print(tinygpt.get_backend(), tinygpt.get_num_threads())"
+    env = {**os.environ, "TINYGPT_BACKEND": "numpy", "OMP_NUM_THREADS": "3"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.stdout.split() == ["numpy", "3"], out.stderr
+
+
+def small_batch(vocab=13, B=3, T=17, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, vocab, (B, T)), rng.integers(0, vocab, (B, T))
+
+
+@pytest.mark.parametrize("dtype,rtol", [(np.float64, 1e-9), (np.float32, 2e-4)])
+def test_training_step_matches_between_backends(dtype, rtol):
+    x, y = small_batch()
+    results = {}
+    for backend in ("numpy", "cython"):
+        ops.set_backend(backend)
+        model = TinyGPT(13, d_model=24, n_heads=3, n_layers=2, max_seq_len=17, dtype=dtype)
+        loss = model.loss(x, y)
+        model.backward()
+        results[backend] = loss, model.grads.copy()
+    ops.set_backend("cython")
+    (loss_np, grads_np), (loss_cy, grads_cy) = results["numpy"], results["cython"]
+    assert loss_cy == pytest.approx(loss_np, rel=rtol)
+    scale = np.abs(grads_np).max()
+    np.testing.assert_allclose(grads_cy, grads_np, rtol=rtol, atol=rtol * scale)
+
+
+def test_twenty_training_steps_are_bitwise_identical_on_one_and_two_threads(threads):
+    tokens = np.random.default_rng(0).integers(0, 11, 5000)
+    params = []
+    for n in (1, 2, 1):
+        threads(n)
+        model = TinyGPT(11, d_model=32, n_heads=4, n_layers=2, max_seq_len=32)
+        train_model(model, tokens, batch_size=8, seq_len=32, max_steps=20, warmup_steps=5)
+        params.append(model.params.copy())
+    assert np.array_equal(params[0], params[1])
+    assert np.array_equal(params[0], params[2])
+
+
+def f32(*shape, seed=0):
+    return np.random.default_rng(seed).normal(size=shape).astype(np.float32)
+
+
+@pytest.mark.parametrize("call,error,match", [
+    (lambda: ops.layernorm_forward(f32(4, 8).astype(np.float16), f32(8), f32(8)), TypeError, "float32"),
+    (lambda: ops.layernorm_forward(f32(4, 8), f32(8).astype(np.float64), f32(8)), TypeError, "weight"),
+    (lambda: ops.layernorm_forward(f32(4, 8), f32(7), f32(8)), ValueError, "weight"),
+    (lambda: ops.layernorm_forward(f32(8), f32(8), f32(8)), ValueError, "2-D"),
+    (lambda: ops.layernorm_forward(f32(4, 8), f32(8), f32(8), eps=0.0), ValueError, "eps"),
+    (lambda: ops.layernorm_forward([[1.0]], f32(1), f32(1)), TypeError, "numpy array"),
+    (lambda: ops.layernorm_backward(f32(4, 8), f32(4, 8), f32(8), f32(3), f32(4)), ValueError, "mean"),
+    (lambda: ops.gelu_backward(f32(4, 8), f32(4, 9)), ValueError, "dout"),
+    (lambda: ops.gelu_forward(np.arange(4)), TypeError, "float32"),
+    (lambda: ops.attention_forward(f32(2, 3, 4), f32(2, 3, 4), f32(2, 3, 4)), ValueError, "4-D"),
+    (lambda: ops.attention_forward(f32(1, 2, 3, 4), f32(1, 2, 4, 4), f32(1, 2, 3, 4)), ValueError, "k"),
+    (lambda: ops.attention_backward(*[f32(1, 2, 3, 4)] * 5, f32(1, 2, 4)), ValueError, "lse"),
+    (lambda: ops.linear_forward(f32(4, 8), f32(7, 3)), ValueError, "weight"),
+    (lambda: ops.linear_forward(f32(4, 8), f32(8, 3), bias=f32(4)), ValueError, "bias"),
+    (lambda: ops.linear_forward(f32(4, 8), f32(8, 3), residual=f32(4, 4)), ValueError, "residual"),
+    (lambda: ops.linear_forward(f32(4, 8), f32(8, 3).astype(np.float64)), TypeError, "weight"),
+    (lambda: ops.linear_backward(f32(4, 2), f32(4, 8), f32(8, 3)), ValueError, "dout"),
+    (lambda: ops.softmax_cross_entropy(f32(4, 5), np.array([0, 1, 5, 2])), ValueError, "target 5 at index 2"),
+    (lambda: ops.softmax_cross_entropy(f32(4, 5), np.array([0, -2, 1, 2])), ValueError, "target -2"),
+    (lambda: ops.softmax_cross_entropy(f32(4, 5), np.zeros(4)), TypeError, "integers"),
+    (lambda: ops.softmax_cross_entropy(f32(4, 5), np.zeros(3, dtype=int)), ValueError, "targets"),
+    (lambda: ops.softmax_cross_entropy(f32(2, 5), np.array([-1, -1])), ValueError, "ignored"),
+])
+def test_bad_input_is_rejected_on_both_backends(backend, call, error, match):
+    with pytest.raises(error, match=match):
+        call()
+
+
+def test_non_contiguous_input_gives_the_contiguous_answer(backend):
+    x = f32(8, 12)[:, ::2]
+    w, b = f32(6, seed=1), f32(6, seed=2)
+    out, _, _ = ops.layernorm_forward(x, w, b)
+    expected, _, _ = ops.layernorm_forward(np.ascontiguousarray(x), w, b)
+    np.testing.assert_array_equal(out, expected)
