@@ -93,28 +93,27 @@ def test_gelu_float32_accuracy():
        d=st.integers(1, 40))
 def test_attention_parity(dtype, n_threads, seed, b, h, t, d):
     rng = np.random.default_rng(seed)
-    q, k, v, dout = (normal(rng, (b, h, t, d), dtype) for _ in range(4))
-    out, lse = _attention.attention_forward(q, k, v, n_threads)
+    qkv, dout = normal(rng, (b, t, 3 * h * d), dtype), normal(rng, (b, t, h * d), dtype)
+    out, lse = _attention.attention_forward(qkv, h, n_threads)
     # float32: each output sums up to T*D products, in BLAS's order (with FMA) rather than
     # NumPy's, so the absolute tolerance is a few times looser than for the row-wise kernels
-    assert_all_close((out, lse), ref.attention_forward(q, k, v), dtype, atol32=4e-6)
-    ref_out, ref_lse = ref.attention_forward(q, k, v)
-    grads = _attention.attention_backward(dout, q, k, v, ref_out, ref_lse, n_threads)
-    assert_all_close(grads, ref.attention_backward(dout, q, k, v, ref_out, ref_lse), dtype,
+    assert_all_close((out, lse), ref.attention_forward(qkv, h), dtype, atol32=4e-6)
+    ref_out, ref_lse = ref.attention_forward(qkv, h)
+    dqkv = _attention.attention_backward(dout, qkv, ref_out, ref_lse, h, n_threads)
+    assert_all_close((dqkv,), (ref.attention_backward(dout, qkv, ref_out, ref_lse, h),), dtype,
                      atol32=4e-6)
 
 
 def test_attention_is_causal():
     """Changing key/value t never changes the output rows before t."""
     rng = np.random.default_rng(0)
-    q, k, v = (normal(rng, (1, 2, 50, 8), np.float32) for _ in range(3))
-    out, _ = _attention.attention_forward(q, k, v, 2)
-    k2, v2 = k.copy(), v.copy()
-    k2[:, :, 30:] += 1
-    v2[:, :, 30:] -= 1
-    out2, _ = _attention.attention_forward(q, k2, v2, 2)
-    np.testing.assert_array_equal(out[:, :, :30], out2[:, :, :30])
-    assert not np.array_equal(out[:, :, 30:], out2[:, :, 30:])
+    qkv = normal(rng, (1, 50, 3 * 16), np.float32)  # 2 heads of 8
+    out, _ = _attention.attention_forward(qkv, 2, 2)
+    changed = qkv.copy()
+    changed[:, 30:, 16:] += 1  # keys and values from position 30 on
+    out2, _ = _attention.attention_forward(changed, 2, 2)
+    np.testing.assert_array_equal(out[:, :30], out2[:, :30])
+    assert not np.array_equal(out[:, 30:], out2[:, 30:])
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -174,8 +173,8 @@ def _default_like_calls(dtype):
     w, b = normal(rng, 96, dtype), normal(rng, 96, dtype)
     _, mean, rstd = ref.layernorm_forward(x, w, b)
     g = normal(rng, (3 * 4096 + 17,), dtype)
-    q, k, v, do = (normal(rng, (2, 3, 70, 12), dtype) for _ in range(4))
-    out, lse = ref.attention_forward(q, k, v)
+    qkv, do = normal(rng, (2, 70, 3 * 36), dtype), normal(rng, (2, 70, 36), dtype)
+    out, lse = ref.attention_forward(qkv, 3)
     logits, targets = normal(rng, (300, 65), dtype), rng.integers(-1, 65, 300)
     lw, lb = normal(rng, (96, 40), dtype), normal(rng, 40, dtype)
     x_rows, dy_rows = normal(rng, (2100, 96), dtype), normal(rng, (2100, 40), dtype)
@@ -186,8 +185,8 @@ def _default_like_calls(dtype):
         "layernorm_backward": lambda n: _layernorm.layernorm_backward(dy, x, w, mean, rstd, n),
         "gelu_forward": lambda n: (_gelu.gelu_forward(g, n),),
         "gelu_backward": lambda n: (_gelu.gelu_backward(g, g, n),),
-        "attention_forward": lambda n: _attention.attention_forward(q, k, v, n),
-        "attention_backward": lambda n: _attention.attention_backward(do, q, k, v, out, lse, n),
+        "attention_forward": lambda n: _attention.attention_forward(qkv, 3, n),
+        "attention_backward": lambda n: (_attention.attention_backward(do, qkv, out, lse, 3, n),),
         "softmax_cross_entropy": lambda n: _cross_entropy.softmax_cross_entropy(logits, targets,
                                                                                 n),
     }
@@ -215,7 +214,8 @@ def _arrays(dtype=np.float32):
     return dict(
         x=normal(rng, (6, 10), dtype), w=normal(rng, 10, dtype), b=normal(rng, 10, dtype),
         mean=normal(rng, 6, dtype), rstd=np.abs(normal(rng, 6, dtype)),
-        q=normal(rng, (2, 2, 5, 3), dtype), lse=normal(rng, (2, 2, 5), dtype),
+        qkv=normal(rng, (2, 5, 3 * 6), dtype), att=normal(rng, (2, 5, 6), dtype),
+        lse=normal(rng, (2, 2, 5), dtype),
         logits=normal(rng, (6, 7), dtype), targets=np.array([0, 1, 6, -1, 2, 3]),
     )
 
@@ -226,7 +226,7 @@ LN_F, LN_B = _layernorm.layernorm_forward, _layernorm.layernorm_backward
 ATT_F, ATT_B = _attention.attention_forward, _attention.attention_backward
 XENT = _cross_entropy.softmax_cross_entropy
 LIN_F, LIN_B = _linear.linear_forward, _linear.linear_backward
-q, lse, x = A["q"], A["lse"], A["x"]
+qkv, att, lse, x = A["qkv"], A["att"], A["lse"], A["x"]
 LW = normal(np.random.default_rng(4), (10, 4), np.float32)
 
 BAD_CALLS = [
@@ -237,8 +237,8 @@ BAD_CALLS = [
     (TypeError, "rstd", lambda: LN_B(x, x, A["w"], A["mean"], A64["rstd"], 1)),
     (TypeError, "x", lambda: _gelu.gelu_forward(np.arange(5), 1)),
     (TypeError, "dout", lambda: _gelu.gelu_backward(x.astype(np.float64), x, 1)),
-    (TypeError, "v", lambda: ATT_F(q, q, q.astype(np.int32), 1)),
-    (TypeError, "lse", lambda: ATT_B(q, q, q, q, q, lse.astype(np.float64), 1)),
+    (TypeError, "qkv", lambda: ATT_F(qkv.astype(np.int32), 2, 1)),
+    (TypeError, "lse", lambda: ATT_B(att, qkv, att, lse.astype(np.float64), 2, 1)),
     (TypeError, "logits", lambda: XENT(A["logits"].astype(np.complex64), A["targets"], 1)),
     (TypeError, "targets", lambda: XENT(A["logits"], A["targets"].astype(np.float32), 1)),
     (TypeError, "targets", lambda: XENT(A["logits"], A["targets"] > 0, 1)),
@@ -251,12 +251,15 @@ BAD_CALLS = [
     (ValueError, "mean", lambda: LN_B(x, x, A["w"], A["mean"][:-1], A["rstd"], 1)),
     (ValueError, "C >= 1", lambda: LN_F(x[:, :0], A["w"][:0], A["b"][:0], 1e-5, 1)),
     (ValueError, "dout", lambda: _gelu.gelu_backward(x[:, :3], x, 1)),
-    (ValueError, "q", lambda: ATT_F(q[0], q[0], q[0], 1)),
-    (ValueError, "k", lambda: ATT_F(q, q[:, :, :4], q, 1)),
-    (ValueError, "v", lambda: ATT_F(q, q, q[..., :2], 1)),
-    (ValueError, "out", lambda: ATT_B(q, q, q, q, q[:1], lse, 1)),
-    (ValueError, "lse", lambda: ATT_B(q, q, q, q, q, lse[..., :4], 1)),
-    (ValueError, "D must be >= 1", lambda: ATT_F(q[..., :0], q[..., :0], q[..., :0], 1)),
+    (ValueError, "qkv", lambda: ATT_F(qkv[0], 2, 1)),
+    (ValueError, "3C", lambda: ATT_F(qkv[..., :-1], 2, 1)),
+    (ValueError, "3C", lambda: ATT_F(qkv[..., :0], 2, 1)),
+    (ValueError, "divisible", lambda: ATT_F(qkv, 4, 1)),
+    (ValueError, "n_heads", lambda: ATT_F(qkv, 0, 1)),
+    (TypeError, "n_heads", lambda: ATT_F(qkv, 2.0, 1)),
+    (ValueError, "dout", lambda: ATT_B(att[:, :4], qkv, att, lse, 2, 1)),
+    (ValueError, "out", lambda: ATT_B(att, qkv, att[:1], lse, 2, 1)),
+    (ValueError, "lse", lambda: ATT_B(att, qkv, att, lse[..., :4], 2, 1)),
     (ValueError, "logits", lambda: XENT(A["logits"][0], A["targets"], 1)),
     (ValueError, "targets", lambda: XENT(A["logits"], A["targets"][:-1], 1)),
     # out-of-range targets: the message gives the index and the value
@@ -273,7 +276,7 @@ BAD_CALLS = [
     # thread counts
     (ValueError, "n_threads", lambda: _gelu.gelu_forward(x, 0)),
     (ValueError, "n_threads", lambda: LN_F(x, A["w"], A["b"], 1e-5, -3)),
-    (TypeError, "n_threads", lambda: ATT_F(q, q, q, 1.5)),
+    (TypeError, "n_threads", lambda: ATT_F(qkv, 2, 1.5)),
     (TypeError, "n_threads", lambda: XENT(A["logits"], A["targets"], None)),
 ]
 
@@ -302,8 +305,8 @@ def test_non_contiguous_and_read_only_inputs_match_contiguous():
     for got, want in zip(LN_F(x_nc, w, b, 1e-5, 2), LN_F(x_c, np.ascontiguousarray(w), b, 1e-5, 2)):
         assert np.array_equal(got, want)
     assert np.array_equal(_gelu.gelu_forward(big.T, 2), _gelu.gelu_forward(big.T.copy(), 2))
-    qt = normal(rng, (2, 2, 3, 5), np.float32).swapaxes(2, 3)  # (2, 2, 5, 3), not contiguous
-    for got, want in zip(ATT_F(qt, qt, qt, 2), ATT_F(qt.copy(), qt.copy(), qt.copy(), 2)):
+    qt = normal(rng, (2, 12, 5), np.float32).swapaxes(1, 2)  # (2, 5, 12), not contiguous
+    for got, want in zip(ATT_F(qt, 2, 2), ATT_F(qt.copy(), 2, 2)):
         assert np.array_equal(got, want)
     logits_nc = normal(rng, (7, 6), np.float32).T  # (6, 7)
     targets_nc = np.array([0, 9, 1, 9, 6, 9, 2, 9, -1, 9, 3, 9])[::2]
@@ -320,11 +323,11 @@ def test_size_zero_inputs():
     assert dx.shape == (0, 10) and np.array_equal(dw, np.zeros(10, np.float32))
     assert np.array_equal(db, dw)
     assert _gelu.gelu_forward(np.zeros((3, 0)), 2).shape == (3, 0)
-    for shape in [(0, 2, 5, 3), (2, 2, 0, 3)]:
-        qz = np.zeros(shape, np.float32)
-        out, lse = ATT_F(qz, qz, qz, 2)
-        assert out.shape == shape and lse.shape == shape[:3]
-        assert all(g.shape == shape for g in ATT_B(qz, qz, qz, qz, qz, lse, 2))
+    for B, T in [(0, 5), (2, 0)]:
+        qz = np.zeros((B, T, 12), np.float32)
+        out, lse = ATT_F(qz, 2, 2)
+        assert out.shape == (B, T, 4) and lse.shape == (B, 2, T)
+        assert ATT_B(out, qz, out, lse, 2, 2).shape == (B, T, 12)
     with pytest.raises(ValueError):
         XENT(np.zeros((0, 7), np.float32), np.zeros(0, np.int64), 1)
 

@@ -156,32 +156,29 @@ class TinyGPT:
         cfg, p = self.config, self.p
         B, T = idx.shape
         C, H = cfg.d_model, cfg.n_heads
-        D, N = C // H, B * T
+        N = B * T
         x = (p["wte"][idx] + p["wpe"][start:start + T]).reshape(N, C)  # (N, C) residual stream
         layers = []
         for i in range(cfg.n_layers):
             h = f"h{i}."
             ln1, mean1, rstd1 = ops.layernorm_forward(x, p[h + "ln1_w"], p[h + "ln1_b"])
             qkv = ops.linear_forward(ln1, p[h + "attn_w"], p[h + "attn_b"])  # (N, 3C)
-            q, k, v = qkv.reshape(B, T, 3, H, D).transpose(2, 0, 3, 1, 4)  # each (B, H, T, D)
             if kv_cache is not None:
-                keys, values = kv_cache[i]  # (B, H, max_seq_len, D) each
-                keys[:, :, start:start + T] = k
-                values[:, :, start:start + T] = v
+                _store_keys_values(kv_cache[i], qkv.reshape(B, T, 3 * C), start, H)
             if start == 0:
-                att, lse = ops.attention_forward(q, k, v)
+                att, lse = ops.attention_forward(qkv.reshape(B, T, 3 * C), H)  # (B, T, C)
             else:
-                att = _attend_to_cache(q, keys[:, :, :start + T], values[:, :, :start + T])
-            att_merged = att.transpose(0, 2, 1, 3).reshape(N, C)
-            x_mid = ops.linear_forward(att_merged, p[h + "proj_w"], p[h + "proj_b"], residual=x)
+                att = _attend_to_cache(qkv.reshape(B, T, 3 * C), kv_cache[i], start, H)
+            att = att.reshape(N, C)
+            x_mid = ops.linear_forward(att, p[h + "proj_w"], p[h + "proj_b"], residual=x)
             ln2, mean2, rstd2 = ops.layernorm_forward(x_mid, p[h + "ln2_w"], p[h + "ln2_b"])
             fc = ops.linear_forward(ln2, p[h + "fc_w"], p[h + "fc_b"])  # (N, 4C)
             act = ops.gelu_forward(fc)
             x_out = ops.linear_forward(act, p[h + "fc2_w"], p[h + "fc2_b"], residual=x_mid)
             if keep:
-                layers.append(dict(x=x, ln1=ln1, mean1=mean1, rstd1=rstd1, q=q, k=k, v=v,
-                                   att=att, lse=lse, att_merged=att_merged, x_mid=x_mid,
-                                   ln2=ln2, mean2=mean2, rstd2=rstd2, fc=fc, act=act))
+                layers.append(dict(x=x, ln1=ln1, mean1=mean1, rstd1=rstd1, qkv=qkv, att=att,
+                                   lse=lse, x_mid=x_mid, ln2=ln2, mean2=mean2, rstd2=rstd2,
+                                   fc=fc, act=act))
             x = x_out
         lnf, meanf, rstdf = ops.layernorm_forward(x, p["lnf_w"], p["lnf_b"])
         logits = ops.linear_forward(lnf, p["head_w"])  # (N, V)
@@ -227,7 +224,7 @@ class TinyGPT:
         idx = cache["idx"]
         B, T = idx.shape
         C, H = cfg.d_model, cfg.n_heads
-        D, N = C // H, B * T
+        N = B * T
 
         dlnf, g["head_w"][...], _ = ops.linear_backward(cache["dlogits"], cache["lnf"], p["head_w"])
         dx, g["lnf_w"][...], g["lnf_b"][...] = ops.layernorm_backward(
@@ -246,10 +243,10 @@ class TinyGPT:
             dx = dx + dx_ln2
             # attention: x_mid = x + proj(attn(ln1(x)))
             datt, g[h + "proj_w"][...], g[h + "proj_b"][...] = ops.linear_backward(
-                dx, c["att_merged"], p[h + "proj_w"])
-            datt = datt.reshape(B, T, H, D).transpose(0, 2, 1, 3)
-            dq, dk, dv = ops.attention_backward(datt, c["q"], c["k"], c["v"], c["att"], c["lse"])
-            dqkv = np.stack([dq, dk, dv]).transpose(1, 3, 0, 2, 4).reshape(N, 3 * C)
+                dx, c["att"], p[h + "proj_w"])
+            dqkv = ops.attention_backward(datt.reshape(B, T, C), c["qkv"].reshape(B, T, 3 * C),
+                                          c["att"].reshape(B, T, C), c["lse"], H)
+            dqkv = dqkv.reshape(N, 3 * C)
             dln1, g[h + "attn_w"][...], g[h + "attn_b"][...] = ops.linear_backward(
                 dqkv, c["ln1"], p[h + "attn_w"])
             dx_ln1, g[h + "ln1_w"][...], g[h + "ln1_b"][...] = ops.layernorm_backward(
@@ -302,18 +299,30 @@ class TinyGPT:
         return ids[0] if squeeze else ids
 
 
-def _attend_to_cache(q, keys, values):
-    """Queries at the last Tq positions attend causally to all cached ones.
+def _store_keys_values(cache, qkv, start, n_heads):
+    """Write the keys and values of qkv (B, T, 3C) into one layer's cache at positions start.."""
+    keys, values = cache  # (B, H, max_seq_len, D) each
+    B, T, C3 = qkv.shape
+    _, k, v = qkv.reshape(B, T, 3, n_heads, C3 // 3 // n_heads).transpose(2, 0, 3, 1, 4)
+    keys[:, :, start:start + T] = k
+    values[:, :, start:start + T] = v
 
-    q (B, H, Tq, D), keys/values (B, H, Tk, D) with Tk >= Tq -> out (B, H, Tq, D).
+
+def _attend_to_cache(qkv, cache, start, n_heads):
+    """Queries at positions start.. attend causally to every cached key before them.
+
+    qkv (B, Tq, 3C), cache: (keys, values) (B, H, max_seq_len, D) -> out (B, Tq, C).
     """
-    Tq, Tk, D = q.shape[2], keys.shape[2], q.shape[3]
+    B, Tq, C3 = qkv.shape
+    D = C3 // 3 // n_heads
+    q = qkv[..., :C3 // 3].reshape(B, Tq, n_heads, D).transpose(0, 2, 1, 3)  # (B, H, Tq, D)
+    Tk = start + Tq
+    keys, values = cache[0][:, :, :Tk], cache[1][:, :, :Tk]
     scores = (q @ keys.swapaxes(-1, -2)) * (1.0 / math.sqrt(D))  # (B, H, Tq, Tk)
-    future = np.arange(Tk)[None, :] > np.arange(Tk - Tq, Tk)[:, None]
-    scores[..., future] = -np.inf
+    scores[..., np.arange(Tk)[None, :] > np.arange(start, Tk)[:, None]] = -np.inf
     weights = np.exp(scores - scores.max(axis=-1, keepdims=True))
     weights /= weights.sum(axis=-1, keepdims=True)
-    return weights @ values
+    return (weights @ values).transpose(0, 2, 1, 3).reshape(B, Tq, C3 // 3)
 
 
 def check_sampling(temperature, top_k, top_p):

@@ -190,23 +190,34 @@ def gelu_backward(dout, x):
     return _run("gelu_backward", dout, x)
 
 
-def attention_forward(q, k, v):
-    """Causal attention. q, k, v (B, H, T, D) -> out (B, H, T, D), lse (B, H, T)."""
-    q, k, v = _float_arrays(q=q, k=k, v=v)
-    _expect_ndim("q", q, 4)
-    _expect_shape("k", k, q.shape)
-    _expect_shape("v", v, q.shape)
-    return _run("attention_forward", q, k, v)
+def _expect_qkv(qkv, n_heads):
+    """qkv (B, T, 3C) with C divisible by n_heads; returns (B, T, C)."""
+    _expect_ndim("qkv", qkv, 3)
+    if isinstance(n_heads, bool) or not isinstance(n_heads, (int, np.integer)) or n_heads < 1:
+        raise ValueError(f"n_heads must be an integer >= 1, got {n_heads!r}")
+    B, T, C3 = qkv.shape
+    if C3 == 0 or C3 % 3 or (C3 // 3) % n_heads:
+        raise ValueError(f"qkv's last axis must be 3C with C >= 1 divisible by n_heads "
+                         f"= {n_heads}, got shape {qkv.shape}")
+    return B, T, C3 // 3
 
 
-def attention_backward(dout, q, k, v, out, lse):
-    """dout (B, H, T, D), then forward's q, k, v, out, lse -> dq, dk, dv (B, H, T, D)."""
-    dout, q, k, v, out, lse = _float_arrays(dout=dout, q=q, k=k, v=v, out=out, lse=lse)
-    _expect_ndim("q", q, 4)
-    for name, a in (("dout", dout), ("k", k), ("v", v), ("out", out)):
-        _expect_shape(name, a, q.shape)
-    _expect_shape("lse", lse, q.shape[:3])
-    return _run("attention_backward", dout, q, k, v, out, lse)
+def attention_forward(qkv, n_heads):
+    """Causal self-attention. qkv (B, T, 3C) = [q | k | v] -> out (B, T, C), lse (B, H, T)."""
+    (qkv,) = _float_arrays(qkv=qkv)
+    _expect_qkv(qkv, n_heads)
+    return _run("attention_forward", qkv, int(n_heads))
+
+
+def attention_backward(dout, qkv, out, lse, n_heads):
+    """dout (B, T, C), then forward's qkv (B, T, 3C), out (B, T, C), lse (B, H, T)
+    -> dqkv (B, T, 3C)."""
+    dout, qkv, out, lse = _float_arrays(dout=dout, qkv=qkv, out=out, lse=lse)
+    B, T, C = _expect_qkv(qkv, n_heads)
+    _expect_shape("dout", dout, (B, T, C))
+    _expect_shape("out", out, (B, T, C))
+    _expect_shape("lse", lse, (B, n_heads, T))
+    return _run("attention_backward", dout, qkv, out, lse, int(n_heads))
 
 
 def softmax_cross_entropy(logits, targets):

@@ -45,43 +45,60 @@ def gelu_backward(dout, x):
     return dout * (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * dtanh)
 
 
-def _causal_probabilities(q, k, lse):
-    """Softmax of the causally masked, scaled scores, from the saved log-sum-exp: (B, H, T, T)."""
+def _heads(x, n_heads):
+    """(B, T, C) -> (B, H, T, D)."""
+    B, T, C = x.shape
+    return x.reshape(B, T, n_heads, C // n_heads).transpose(0, 2, 1, 3)
+
+
+def _split_heads(qkv, n_heads):
+    """qkv (B, T, 3C) -> q, k, v, each (B, H, T, D)."""
+    return [_heads(part, n_heads) for part in np.split(qkv, 3, axis=-1)]
+
+
+def _merge_heads(x):
+    """(B, H, T, D) -> (B, T, H * D)."""
+    B, H, T, D = x.shape
+    return x.transpose(0, 2, 1, 3).reshape(B, T, H * D)
+
+
+def _causal_scores(q, k):
+    """Scaled scores q k^T / sqrt(D) with the future masked to -inf: (B, H, T, T)."""
     T, D = q.shape[-2], q.shape[-1]
     scores = (q @ k.swapaxes(-1, -2)) * (1.0 / math.sqrt(D))
-    future = np.triu(np.ones((T, T), dtype=bool), k=1)
-    scores[..., future] = -np.inf
-    return np.exp(scores - lse[..., None])
+    scores[..., np.triu(np.ones((T, T), dtype=bool), k=1)] = -np.inf
+    return scores
 
 
-def attention_forward(q, k, v):
-    """Causal softmax attention. q, k, v (B, H, T, D) -> out (B, H, T, D), lse (B, H, T).
+def attention_forward(qkv, n_heads):
+    """Causal self-attention. qkv (B, T, 3C) = [q | k | v], each split into n_heads heads of
+    D = C / n_heads -> out (B, T, C), lse (B, H, T).
 
     lse is the log-sum-exp of each row of scaled scores: all backward needs to rebuild the
     probabilities without keeping the (B, H, T, T) matrix.
     """
-    T, D = q.shape[-2], q.shape[-1]
-    scores = (q @ k.swapaxes(-1, -2)) * (1.0 / math.sqrt(D))
-    future = np.triu(np.ones((T, T), dtype=bool), k=1)
-    scores[..., future] = -np.inf
+    q, k, v = _split_heads(qkv, n_heads)
+    scores = _causal_scores(q, k)
     row_max = scores.max(axis=-1, keepdims=True)
     lse = (row_max + np.log(np.exp(scores - row_max).sum(axis=-1, keepdims=True)))[..., 0]
     probs = np.exp(scores - lse[..., None])
-    return probs @ v, lse
+    return _merge_heads(probs @ v), lse
 
 
-def attention_backward(dout, q, k, v, out, lse):
-    """dout (B, H, T, D), then forward's q, k, v, out, lse -> dq, dk, dv (B, H, T, D)."""
-    D = q.shape[-1]
-    scale = 1.0 / math.sqrt(D)
-    probs = _causal_probabilities(q, k, lse)
-    dv = probs.swapaxes(-1, -2) @ dout
-    dprobs = dout @ v.swapaxes(-1, -2)
-    row_dot = (dout * out).sum(axis=-1, keepdims=True)  # = sum_j probs * dprobs
+def attention_backward(dout, qkv, out, lse, n_heads):
+    """dout (B, T, C), then forward's qkv (B, T, 3C), out (B, T, C), lse (B, H, T)
+    -> dqkv (B, T, 3C)."""
+    q, k, v = _split_heads(qkv, n_heads)
+    dout_h, out_h = _heads(dout, n_heads), _heads(out, n_heads)  # (B, H, T, D)
+    scale = 1.0 / math.sqrt(q.shape[-1])
+    probs = np.exp(_causal_scores(q, k) - lse[..., None])
+    dv = probs.swapaxes(-1, -2) @ dout_h
+    dprobs = dout_h @ v.swapaxes(-1, -2)
+    row_dot = (dout_h * out_h).sum(axis=-1, keepdims=True)  # = sum_j probs * dprobs
     dscores = probs * (dprobs - row_dot)
     dq = (dscores @ k) * scale
     dk = (dscores.swapaxes(-1, -2) @ q) * scale
-    return dq, dk, dv
+    return np.concatenate([_merge_heads(dq), _merge_heads(dk), _merge_heads(dv)], axis=-1)
 
 
 def softmax_cross_entropy(logits, targets):
