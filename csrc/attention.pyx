@@ -28,7 +28,7 @@ from scipy.linalg.cython_blas cimport dgemm, dtrmm, sgemm, strmm
 from cython cimport floating
 from cython.parallel cimport parallel, prange
 
-from kernel_checks cimport float_arrays, check_ndim, check_shape, thread_count
+from kernel_checks cimport float_arrays, check_ndim, check_shape, positive_int, thread_count
 from kernel_math cimport exp_shifted_sum, flog, row_dot, row_max
 
 
@@ -188,25 +188,13 @@ cdef int backward_impl(const floating[:, :, ::1] dout, const floating[:, :, ::1]
     return -1 if failed else 0
 
 
-def _positive_int(name, value):
-    """An integer argument >= 1 (n_heads), checked like n_threads."""
-    import operator
-    try:
-        n = operator.index(value)
-    except TypeError:
-        raise TypeError(f"{name} must be an integer, got {type(value).__name__}") from None
-    if n < 1:
-        raise ValueError(f"{name} must be >= 1, got {n}")
-    return n
-
-
 def _check_heads(qkv, n_heads):
     """qkv must be (B, T, 3C) with C divisible by n_heads; returns (B, T, C, D)."""
     check_ndim("qkv", qkv, 3, "(B, T, 3C)")
     B, T, C3 = qkv.shape
     if C3 == 0 or C3 % 3:
         raise ValueError(f"qkv's last axis must be 3C with C >= 1, got shape {qkv.shape}")
-    H = _positive_int("n_heads", n_heads)
+    H = positive_int("n_heads", n_heads)
     C = C3 // 3
     if C % H:
         raise ValueError(f"C = {C} must be divisible by n_heads = {H}")

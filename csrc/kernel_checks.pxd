@@ -39,13 +39,18 @@ cdef inline check_ndim(str name, a, int ndim, str layout):
         raise ValueError(f"{name} must be {ndim}-D {layout}, got shape {a.shape}")
 
 
-cdef inline int thread_count(n_threads) except -1:
-    """Validate n_threads (an int >= 1) and clamp it to MAX_THREADS."""
+cdef inline Py_ssize_t positive_int(str name, value) except -1:
+    """Validate an integer argument >= 1 (TypeError or ValueError naming it)."""
     import operator
     try:
-        n = operator.index(n_threads)
+        n = operator.index(value)
     except TypeError:
-        raise TypeError(f"n_threads must be an integer, got {type(n_threads).__name__}") from None
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__}") from None
     if n < 1:
-        raise ValueError(f"n_threads must be >= 1, got {n}")
-    return min(n, MAX_THREADS)
+        raise ValueError(f"{name} must be >= 1, got {n}")
+    return n
+
+
+cdef inline int thread_count(n_threads) except -1:
+    """Validate n_threads (an int >= 1) and clamp it to MAX_THREADS."""
+    return min(positive_int("n_threads", n_threads), MAX_THREADS)

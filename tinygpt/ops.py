@@ -4,6 +4,7 @@ The backend is "cython" (the default; TINYGPT_BACKEND overrides it) or "numpy". 
 kernel was not built runs on the reference. Kernel threads default to OMP_NUM_THREADS or the
 number of CPUs; ``set_num_threads`` changes them.
 """
+import contextlib
 import importlib
 import os
 
@@ -56,6 +57,17 @@ def set_backend(name):
 
 def get_backend():
     return _state["backend"]
+
+
+@contextlib.contextmanager
+def using_backend(name):
+    """Run the ops inside a ``with`` block on another backend, then restore the previous one."""
+    previous = get_backend()
+    set_backend(name)
+    try:
+        yield
+    finally:
+        set_backend(previous)
 
 
 def set_num_threads(n):

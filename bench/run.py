@@ -1,0 +1,594 @@
+"""Benchmark tinygpt on this machine: kernels, thread scaling, training step, generation, memory.
+
+    python bench/run.py [--quick] [--json PATH] [--threads N] [--no-torch]
+
+Every section times at the default configuration (vocab 65, d_model 128, 4 heads, 4 layers,
+batch 64, sequence length 128) and reports medians. In the training-step and generation sections
+the contenders take turns round by round, so a change in the machine's load hits all of them
+alike. bench/README.md explains each figure.
+"""
+import argparse
+import functools
+import importlib.metadata
+import inspect
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+from threadpoolctl import threadpool_info
+
+import tinygpt
+from tinygpt import TinyGPT, ops, reference
+from tinygpt.optim import AdamW, clip_grad_norm
+
+REPO = Path(__file__).resolve().parent.parent
+VOCAB, D_MODEL, N_HEADS, N_LAYERS, SEQ_LEN, BATCH = 65, 128, 4, 4, 128, 64
+LR, MAX_GRAD_NORM = 1e-3, 1.0
+SGEMM_SIZE = 2048
+ATTENTION = ("attention_forward", "attention_backward")  # timed together as "attention" too
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How many times each section repeats its measurement."""
+    sgemm_rounds: int
+    kernel_rounds: int
+    train_rounds: int
+    generate_tokens: int
+    generate_rounds: int
+    memory_steps: int
+
+
+PLANS = {
+    "full": Plan(sgemm_rounds=5, kernel_rounds=20, train_rounds=15, generate_tokens=500,
+                 generate_rounds=3, memory_steps=5),
+    "quick": Plan(sgemm_rounds=3, kernel_rounds=3, train_rounds=3, generate_tokens=200,
+                  generate_rounds=1, memory_steps=3),
+    "smoke": Plan(sgemm_rounds=1, kernel_rounds=1, train_rounds=1, generate_tokens=20,
+                  generate_rounds=1, memory_steps=1),
+}
+
+
+# ---------------------------------------------------------------- timing helpers
+
+_START = time.perf_counter()
+
+
+def log(message):
+    """Progress, with the seconds since start, goes to stderr; stdout holds only the table."""
+    print(f"[bench {time.perf_counter() - _START:6.1f}s] {message}", file=sys.stderr, flush=True)
+
+
+def alternate(contenders, rounds, warmup=1):
+    """Call each function ``warmup`` times, then time ``rounds`` rounds in turn (a, b, a, b, ...).
+
+    Returns name -> list of seconds, one per round.
+    """
+    for fn in contenders.values():
+        for _ in range(warmup):
+            fn()
+    times = {name: [] for name in contenders}
+    for _ in range(rounds):
+        for name, fn in contenders.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def measure(fn, rounds, warmup_s=0.2):
+    """Seconds of each of ``rounds`` back-to-back calls of fn.
+
+    Untimed calls come first, for at least ``warmup_s`` seconds: long enough for threads that
+    earlier work left spinning (OpenBLAS's spin for about 0.1 s) to go to sleep.
+    """
+    end = time.perf_counter() + warmup_s
+    fn()
+    while time.perf_counter() < end:
+        fn()
+    return alternate({"fn": fn}, rounds, warmup=0)["fn"]
+
+
+def median_ms(seconds):
+    return 1e3 * statistics.median(seconds)
+
+
+def ratio(a, b):
+    """a / b, or None when either is missing."""
+    return None if a is None or b is None else a / b
+
+
+def on_backend(name, fn):
+    """fn, run with tinygpt's ops on the given backend ("cython" or "numpy")."""
+    def run():
+        ops.set_backend(name)
+        return fn()
+    return run
+
+
+def batch(seed=0):
+    """A fixed (x, y) batch of random token ids, (BATCH, SEQ_LEN) int64 each."""
+    rng = np.random.default_rng(seed)
+    return (rng.integers(0, VOCAB, (BATCH, SEQ_LEN)), rng.integers(0, VOCAB, (BATCH, SEQ_LEN)))
+
+
+def default_model():
+    return TinyGPT(VOCAB, d_model=D_MODEL, n_heads=N_HEADS, n_layers=N_LAYERS,
+                   max_seq_len=SEQ_LEN)
+
+
+# ---------------------------------------------------------------- machine and peak
+
+def machine_info(threads, torch_used):
+    """CPU, cores, library versions and thread pools, so a result can be read in context."""
+    cpu = platform.processor() or "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    pools = threadpool_info()
+    blas = [{"library": Path(pool["filepath"]).name,
+             **{key: pool.get(key) for key in ("internal_api", "version", "threading_layer",
+                                               "architecture", "num_threads")}}
+            for pool in pools if pool["user_api"] == "blas"]
+    openmp = [Path(pool["filepath"]).name for pool in pools if pool["user_api"] == "openmp"]
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "threads": threads,
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "blas": blas,
+        "openmp": openmp,
+        "torch": installed_version("torch"),
+        "torch_used": torch_used,
+        "tinygpt": tinygpt.__version__,
+        "tinygpt_commit": git_commit(),
+        "kernels_built": tinygpt.available_kernels(),
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "load_average_at_start": os.getloadavg()[0],
+    }
+
+
+def installed_version(package):
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def git_commit():
+    """Short commit of the checkout, with "+dirty" for uncommitted changes; None outside git."""
+    try:
+        def git(*args):
+            return subprocess.run(["git", "-C", str(REPO), *args], capture_output=True,
+                                  text=True, check=True).stdout.strip()
+        dirty = "+dirty" if git("status", "--porcelain") else ""
+        return git("rev-parse", "--short", "HEAD") + dirty
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def bench_sgemm(plan):
+    """Median time of a float32 2048^3 np.matmul: the machine's practical peak for MFU."""
+    rng = np.random.default_rng(0)
+    a, b = (rng.standard_normal((SGEMM_SIZE, SGEMM_SIZE), dtype=np.float32) for _ in range(2))
+    out = np.empty_like(a)
+    seconds = statistics.median(measure(lambda: np.matmul(a, b, out=out), plan.sgemm_rounds))
+    return {"size": SGEMM_SIZE, "ms": 1e3 * seconds,
+            "gflops": 2 * SGEMM_SIZE ** 3 / seconds / 1e9}
+
+
+# ---------------------------------------------------------------- kernels
+
+def kernel_ops():
+    """The ops that can have a compiled kernel: those of tinygpt.ops with a NumPy twin."""
+    return [name for name, fn in inspect.getmembers(reference, inspect.isfunction)
+            if fn.__module__ == reference.__name__ and not name.startswith("_")
+            and hasattr(ops, name)]
+
+
+def snapshot(value):
+    return value.copy() if isinstance(value, np.ndarray) else value
+
+
+def capture_calls(names):
+    """Op name -> (args, kwargs) of its largest call in one forward and backward pass of the
+    default model, copied (the model may reuse its buffers)."""
+    largest = {}
+
+    def recording(name, fn):
+        def record(*args, **kwargs):
+            size = sum(a.size for a in (*args, *kwargs.values()) if isinstance(a, np.ndarray))
+            if name not in largest or size > largest[name][0]:
+                largest[name] = (size, [snapshot(a) for a in args],
+                                 {key: snapshot(a) for key, a in kwargs.items()})
+            return fn(*args, **kwargs)
+        return record
+
+    originals = {name: getattr(ops, name) for name in names}
+    try:
+        for name, fn in originals.items():
+            setattr(ops, name, recording(name, fn))
+        model, (x, y) = default_model(), batch()
+        model.loss(x, y)
+        model.backward()
+    finally:
+        for name, fn in originals.items():
+            setattr(ops, name, fn)
+    return {name: (args, kwargs) for name, (_, args, kwargs) in largest.items()}
+
+
+def kernel_cases(names):
+    """Table entry -> (a call through tinygpt.ops, the shapes of its array arguments).
+
+    Each op is called with the arguments of its largest call in a training step of the default
+    configuration; "attention" is attention_forward then attention_backward.
+    """
+    cases = {}
+    for name, (args, kwargs) in capture_calls(names).items():
+        arrays = [a for a in (*args, *kwargs.values()) if isinstance(a, np.ndarray)]
+        cases[name] = (functools.partial(getattr(ops, name), *args, **kwargs),
+                       [list(a.shape) for a in arrays])
+    if all(name in cases for name in ATTENTION):
+        forward, backward = (cases[name][0] for name in ATTENTION)
+        cases["attention"] = (lambda: (forward(), backward()),
+                              cases[ATTENTION[0]][1] + cases[ATTENTION[1]][1])
+    return {name: cases[name] for name in table_order(cases)}
+
+
+def table_order(names):
+    """Each op's forward, backward (and combined entry) together, ops in first-call order."""
+    def stem(name):
+        return name.removesuffix("_forward").removesuffix("_backward")
+
+    def phase(name):
+        return 0 if name.endswith("_forward") else 1 if name.endswith("_backward") else 2
+
+    stems = list(dict.fromkeys(stem(name) for name in names))
+    return sorted(names, key=lambda name: (stems.index(stem(name)), phase(name)))
+
+
+def bench_kernels(plan, threads):
+    """Compiled kernel vs its NumPy twin for every built op, at 1 thread and at ``threads``.
+
+    Each is timed in a block of back-to-back calls rather than interleaved with its twin: after
+    a NumPy call, OpenBLAS's idle threads spin on for a while and would slow down a multithreaded
+    kernel that runs next.
+    """
+    built = set(tinygpt.available_kernels())
+    names = kernel_ops()
+    counts = sorted({1, threads})
+    results, shapes = {}, {}
+    for name, (call, arg_shapes) in kernel_cases([n for n in names if n in built]).items():
+        log(f"kernel {name}")
+        per_thread = {}
+        for n in counts:
+            tinygpt.set_num_threads(n)
+            per_thread[str(n)] = {
+                "kernel_ms": median_ms(measure(on_backend("cython", call), plan.kernel_rounds)),
+                "numpy_ms": median_ms(measure(on_backend("numpy", call), plan.kernel_rounds))}
+        top, one = per_thread[str(threads)], per_thread["1"]
+        results[name] = {
+            "kernel_ms": top["kernel_ms"],
+            "numpy_ms": top["numpy_ms"],
+            "speedup": top["numpy_ms"] / top["kernel_ms"],
+            "threads": per_thread,
+            "scaling": one["kernel_ms"] / top["kernel_ms"] if threads > 1 else None,
+            "numpy_scaling": one["numpy_ms"] / top["numpy_ms"] if threads > 1 else None,
+        }
+        shapes[name] = arg_shapes
+    tinygpt.set_num_threads(threads)
+    ops.set_backend("cython")
+    setup = {"rounds": plan.kernel_rounds, "thread_counts": counts,
+             "missing": [name for name in names if name not in built], "arg_shapes": shapes}
+    return results, setup
+
+
+# ---------------------------------------------------------------- training step
+
+def flops_per_step(n_params):
+    """nanoGPT's estimate of one training step's FLOPs: (6 N + 12 L T d) per token."""
+    return (6 * n_params + 12 * N_LAYERS * SEQ_LEN * D_MODEL) * BATCH * SEQ_LEN
+
+
+def tinygpt_step(model, x, y):
+    """One training step of ``model`` on (x, y): forward, backward, clip, AdamW."""
+    optimizer = AdamW(model.params, model.grads, model.decay_mask())
+
+    def step():
+        model.loss(x, y)
+        model.backward()
+        clip_grad_norm(model.grads, MAX_GRAD_NORM)
+        optimizer.step(LR)
+    return step
+
+
+def torch_setup(threads, x, y, weights_from=None):
+    """PyTorch's twin of the default model: its step function and its loss before any step.
+
+    ``weights_from`` (a TinyGPT) is copied in when given, so both models start identical.
+    """
+    import torch
+    import torch_model
+
+    torch.set_num_threads(threads)
+    model = torch_model.TorchGPT(VOCAB, D_MODEL, N_HEADS, N_LAYERS, SEQ_LEN)
+    if weights_from is not None:
+        torch_model.load_tinygpt_weights(model, weights_from)
+    optimizer = torch_model.make_optimizer(model, lr=LR)
+    x, y = torch.from_numpy(x), torch.from_numpy(y)
+    with torch.no_grad():
+        first_loss = model(x, y).item()
+    return (lambda: torch_model.train_step(model, optimizer, x, y, MAX_GRAD_NORM)), first_loss
+
+
+def throughput(ms, flops, peak_gflops):
+    """tokens/s, achieved GFLOP/s and MFU (achieved / measured sgemm peak) of a step of ``ms``."""
+    if ms is None:
+        return None, None, None
+    gflops = flops / (ms / 1e3) / 1e9
+    return BATCH * SEQ_LEN / (ms / 1e3), gflops, gflops / peak_gflops
+
+
+def bench_train_step(plan, threads, use_torch, peak_gflops):
+    """Step time of tinygpt (compiled kernels), tinygpt on NumPy only, and PyTorch, in turns."""
+    x, y = batch()
+    kernel_model, numpy_model = default_model(), default_model()
+    contenders = {"tinygpt": on_backend("cython", tinygpt_step(kernel_model, x, y)),
+                  "numpy": on_backend("numpy", tinygpt_step(numpy_model, x, y))}
+    first_loss = {"tinygpt": on_backend("cython", lambda: kernel_model.loss(x, y))(),
+                  "torch": None}
+    if use_torch:
+        contenders["torch"], first_loss["torch"] = torch_setup(threads, x, y, kernel_model)
+    log(f"training step: {', '.join(contenders)} x {plan.train_rounds} rounds")
+    times = alternate(contenders, plan.train_rounds)
+    ops.set_backend("cython")
+
+    ms = {name: median_ms(times[name]) if name in times else None
+          for name in ("tinygpt", "numpy", "torch")}
+    n_params = kernel_model.num_parameters()
+    flops = flops_per_step(n_params)
+    result = {"tinygpt_ms": ms["tinygpt"], "numpy_ms": ms["numpy"], "torch_ms": ms["torch"],
+              "ratio_vs_torch": ratio(ms["tinygpt"], ms["torch"]),
+              "speedup_vs_numpy": ratio(ms["numpy"], ms["tinygpt"])}
+    for name, prefix in (("tinygpt", ""), ("numpy", "numpy_"), ("torch", "torch_")):
+        tokens, gflops, mfu = throughput(ms[name], flops, peak_gflops)
+        result.update({f"{prefix}tokens_per_sec": tokens, f"{prefix}gflops": gflops,
+                       f"{prefix}mfu": mfu})
+    result.update({"flops_per_step": flops, "n_params": n_params, "batch_size": BATCH,
+                   "seq_len": SEQ_LEN, "rounds": plan.train_rounds, "first_loss": first_loss,
+                   "rounds_ms": {name: [1e3 * t for t in ts] for name, ts in times.items()}})
+    return result
+
+
+# ---------------------------------------------------------------- generation
+
+def bench_generate(plan):
+    """tokens/s of ``model.generate`` from a 1-token prompt, with and without the KV cache.
+
+    ``use_cache`` is detected from generate's signature; without it only the full-recompute
+    figure exists.
+    """
+    n = plan.generate_tokens
+    # a context window that holds every new token: past the window, generate must re-read the
+    # whole cropped context for each token (the positions shift), with or without a cache
+    model = TinyGPT(VOCAB, d_model=D_MODEL, n_heads=N_HEADS, n_layers=N_LAYERS,
+                    max_seq_len=max(SEQ_LEN, n + 1))
+    prompt = np.array([0])
+    has_cache = "use_cache" in inspect.signature(model.generate).parameters
+    if has_cache:
+        modes = {"cache": {"use_cache": True}, "no_cache": {"use_cache": False}}
+    else:
+        modes = {"no_cache": {}}
+    runs = {name: (lambda kw=kw: model.generate(prompt, n, seed=0, **kw))
+            for name, kw in modes.items()}
+    for kw in modes.values():
+        model.generate(prompt, 4, seed=0, **kw)  # warm up without a full-length run
+    log(f"generation: {n} tokens, {', '.join(runs)} x {plan.generate_rounds} rounds")
+    times = alternate(runs, plan.generate_rounds, warmup=0)
+    rate = {name: n / statistics.median(ts) for name, ts in times.items()}
+    return {"tokens_per_sec": rate.get("cache"), "no_cache_tokens_per_sec": rate["no_cache"],
+            "cache_speedup": ratio(rate.get("cache"), rate["no_cache"]),
+            "cache_available": has_cache, "new_tokens": n, "prompt_tokens": 1, "batch_size": 1,
+            "context_window": model.config.max_seq_len,
+            "rounds": plan.generate_rounds}
+
+
+# ---------------------------------------------------------------- memory
+
+def peak_rss_mb():
+    """Peak resident set size of this process so far, in MiB.
+
+    Linux's VmHWM, which starts afresh at exec. ru_maxrss (the fallback elsewhere) does not: a
+    child spawned by a big parent inherits the parent's high-water mark and would report it.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def memory_child(which, steps, threads):
+    """In a fresh process: train ``steps`` steps with ``which``, print the peak RSS as JSON."""
+    tinygpt.set_num_threads(threads)
+    x, y = batch()
+    if which == "torch":
+        import torch  # noqa: F401  (counted in the import figure)
+    imported = peak_rss_mb()
+    if which == "torch":
+        step = torch_setup(threads, x, y)[0]
+    else:
+        step = tinygpt_step(default_model(), x, y)
+    for _ in range(steps):
+        step()
+    print(json.dumps({"import_rss_mb": imported, "peak_rss_mb": peak_rss_mb()}))
+
+
+def bench_memory(plan, threads, use_torch):
+    """Peak RSS of a short training run, each framework in its own fresh subprocess."""
+    result = {"steps": plan.memory_steps}
+    for which, prefix in (("tinygpt", ""), ("torch", "torch_")):
+        figures = {"import_rss_mb": None, "peak_rss_mb": None}
+        if which == "tinygpt" or use_torch:
+            log(f"peak memory: {which}, {plan.memory_steps} steps in a subprocess")
+            command = [sys.executable, __file__, "--memory-child", which,
+                       "--memory-steps", str(plan.memory_steps), "--threads", str(threads)]
+            done = subprocess.run(command, capture_output=True, text=True, check=True)
+            figures = json.loads(done.stdout.strip().splitlines()[-1])
+        result.update({prefix + key: value for key, value in figures.items()})
+    return result
+
+
+# ---------------------------------------------------------------- report
+
+def fmt(value, spec, missing="-"):
+    return missing if value is None else format(value, spec)
+
+
+def print_machine(r):
+    m, sgemm = r["machine"], r["sgemm"]
+    blas = ", ".join(f"{b['library'].split('.so')[0]} {b['version']} ({b['threading_layer']}, "
+                     f"{b['architecture']})" for b in m["blas"]) or "unknown BLAS"
+    print(f"tinygpt benchmark ({r['mode']}), {m['date']}, commit {m['tinygpt_commit']}")
+    print(f"machine: {m['cpu']}, {m['cores']} cores, {m['threads']} threads; numpy {m['numpy']} "
+          f"with {blas}; torch {m['torch'] if m['torch_used'] else 'not used'}")
+    print(f"sgemm {sgemm['size']}^3 float32: {sgemm['ms']:.1f} ms = {sgemm['gflops']:.1f} GFLOP/s")
+
+
+def print_kernels(r):
+    setup, counts = r["kernel_setup"], r["kernel_setup"]["thread_counts"]
+    print(f"\nkernels: median ms over {setup['rounds']} rounds, each op on its largest call in a "
+          f"training step (B={BATCH}, T={SEQ_LEN}, d={D_MODEL}, {N_HEADS} heads, V={VOCAB})")
+    heads = "  ".join(f"{f'kern {n}t':>9} {f'numpy {n}t':>9}" for n in counts)
+    print(f"{'op':<22} {'kernel':>8} {'numpy':>8} {'speedup':>8}  {heads}  "
+          f"{'scaling':>7} {'np scal':>7}")
+    for name, k in r["kernels"].items():
+        cells = "  ".join(f"{k['threads'][str(n)]['kernel_ms']:9.2f} "
+                          f"{k['threads'][str(n)]['numpy_ms']:9.2f}" for n in counts)
+        print(f"{name:<22} {k['kernel_ms']:8.2f} {k['numpy_ms']:8.2f} {k['speedup']:7.2f}x  "
+              f"{cells}  {fmt(k['scaling'], '6.2f')}x {fmt(k['numpy_scaling'], '6.2f')}x")
+    if setup["missing"]:
+        print(f"not built yet (not timed): {', '.join(setup['missing'])}")
+
+
+def print_train_step(r):
+    t = r["train_step"]
+    print(f"\ntraining step: B={BATCH} T={SEQ_LEN}, {t['n_params']:,} params, "
+          f"{t['flops_per_step'] / 1e9:.2f} GFLOP/step, median of {t['rounds']} rounds")
+    print(f"{'':<16} {'ms':>9} {'tokens/s':>10} {'GFLOP/s':>9} {'MFU':>7}")
+    rows = (("tinygpt", "tinygpt_ms", ""), ("tinygpt (numpy)", "numpy_ms", "numpy_"),
+            ("pytorch", "torch_ms", "torch_"))
+    for label, ms_key, prefix in rows:
+        print(f"{label:<16} {fmt(t[ms_key], '.1f'):>9} "
+              f"{fmt(t[prefix + 'tokens_per_sec'], ',.0f'):>10} "
+              f"{fmt(t[prefix + 'gflops'], '.1f'):>9} {fmt(t[prefix + 'mfu'], '.1%'):>7}")
+    print(f"tinygpt / pytorch: {fmt(t['ratio_vs_torch'], '.2f')}x the time; "
+          f"kernels vs numpy backend: {fmt(t['speedup_vs_numpy'], '.2f')}x faster")
+    losses = t["first_loss"]
+    if losses["torch"] is not None:
+        print(f"same weights, loss before the first step: tinygpt {losses['tinygpt']:.6f}, "
+              f"pytorch {losses['torch']:.6f}")
+
+
+def print_generate(r):
+    g = r["generate"]
+    print(f"\ngeneration: {g['new_tokens']} new tokens from a 1-token prompt, batch 1")
+    print(f"KV cache:       {fmt(g['tokens_per_sec'], ',.0f', 'unavailable')} tokens/s")
+    print(f"full recompute: {g['no_cache_tokens_per_sec']:,.0f} tokens/s")
+    print(f"cache speedup:  {fmt(g['cache_speedup'], '.2f')}x")
+
+
+def print_memory(r):
+    mem = r["memory"]
+    print(f"\npeak RSS of {mem['steps']} training steps in a fresh process (after imports alone)")
+    print(f"tinygpt: {mem['peak_rss_mb']:.0f} MiB ({mem['import_rss_mb']:.0f} MiB)")
+    print(f"pytorch: {fmt(mem['torch_peak_rss_mb'], '.0f')} MiB "
+          f"({fmt(mem['torch_import_rss_mb'], '.0f')} MiB)")
+
+
+def print_report(r):
+    """The human-readable summary of the results dict ``r`` (the same figures as the JSON)."""
+    for section in (print_machine, print_kernels, print_train_step, print_generate, print_memory):
+        section(r)
+    m = r["machine"]
+    print(f"\ntotal benchmark time: {r['elapsed_s']:.0f} s; 1-minute load average "
+          f"{m['load_average_at_start']:.2f} at start, {m['load_average_at_end']:.2f} at end "
+          f"(other work on the machine makes every figure noisier)")
+
+
+# ---------------------------------------------------------------- main
+
+def torch_importable():
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--quick", action="store_true", help="fewer repeats: under 2 minutes")
+    mode.add_argument("--smoke", action="store_true", help=argparse.SUPPRESS)  # for the tests
+    parser.add_argument("--json", metavar="PATH", help="also write every figure to PATH as JSON")
+    parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
+                        help="threads for kernels, BLAS and PyTorch (default: all cores)")
+    parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch comparison")
+    parser.add_argument("--memory-child", choices=("tinygpt", "torch"), help=argparse.SUPPRESS)
+    parser.add_argument("--memory-steps", type=int, default=5, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.threads < 1:
+        parser.error("--threads must be >= 1")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.memory_child:
+        memory_child(args.memory_child, args.memory_steps, args.threads)
+        return
+    mode = "smoke" if args.smoke else "quick" if args.quick else "full"
+    plan = PLANS[mode]
+    use_torch = not args.no_torch and torch_importable()
+    tinygpt.set_num_threads(args.threads)
+    ops.set_backend("cython")
+
+    results = {"mode": mode, "plan": asdict(plan),
+               "machine": machine_info(args.threads, use_torch)}
+    log("sgemm peak")
+    results["sgemm"] = bench_sgemm(plan)
+    results["kernels"], results["kernel_setup"] = bench_kernels(plan, args.threads)
+    results["train_step"] = bench_train_step(plan, args.threads, use_torch,
+                                             results["sgemm"]["gflops"])
+    results["generate"] = bench_generate(plan)
+    results["memory"] = bench_memory(plan, args.threads, use_torch)
+    results["elapsed_s"] = time.perf_counter() - _START
+    results["machine"]["load_average_at_end"] = os.getloadavg()[0]
+
+    print_report(results)
+    if args.json:
+        path = Path(args.json)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(results, indent=2) + "\n")
+        log(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
