@@ -16,6 +16,7 @@ def test_training_smoke_lowers_val_loss_by_more_than_a_nat(shakespeare_text):
                           val_data=val, warmup_steps=10, max_steps=100, eval_interval=50)
     assert history["step"] == list(range(1, 101))
     assert history["eval_step"] == [50, 100]
+    assert 0 < history["eval_seconds"][0] < history["eval_seconds"][1]
     initial = math.log(tok.vocab_size)
     assert initial - history["val_loss"][-1] > 1.0
     assert history["val_perplexity"][-1] == pytest.approx(math.exp(history["val_loss"][-1]))

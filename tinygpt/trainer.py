@@ -78,7 +78,10 @@ class Trainer:
         self.batches_done_in_epoch = 0
         self.stop_requested = False  # set (e.g. by a SIGINT handler) to end run() after a step
         self.history = {"step": [], "train_loss": [], "lr": [], "grad_norm": [],
-                        "tokens_per_sec": [], "eval_step": [], "val_loss": [], "val_perplexity": []}
+                        "tokens_per_sec": [], "eval_step": [], "eval_seconds": [], "val_loss": [],
+                        "val_perplexity": []}
+        self.seconds_before = 0.0  # training time spent before this run() (by earlier sessions)
+        self._run_start = None
 
     @staticmethod
     def _check_ids(model, tokens, name):
@@ -104,13 +107,18 @@ class Trainer:
     def state(self):
         """JSON-able training state (with the model and optimizer, all a resume needs)."""
         return {"step": self.step, "epoch_rng_state": self.epoch_rng_state,
-                "batches_done_in_epoch": self.batches_done_in_epoch, "history": self.history}
+                "batches_done_in_epoch": self.batches_done_in_epoch, "history": self.history,
+                "seconds": self.seconds_before + self._seconds_this_run()}
 
     def load_state(self, state):
         self.step = int(state["step"])
         self.epoch_rng_state = state["epoch_rng_state"]
         self.batches_done_in_epoch = int(state["batches_done_in_epoch"])
         self.history = state["history"]
+        self.seconds_before = float(state["seconds"])
+
+    def _seconds_this_run(self):
+        return 0.0 if self._run_start is None else time.perf_counter() - self._run_start
 
     def train_step(self, x, y):
         """Forward, backward, clip, AdamW: returns (loss, lr, grad norm before clipping)."""
@@ -127,6 +135,7 @@ class Trainer:
     def run(self):
         """Train until ``total_steps``; evaluate every ``eval_interval`` steps and at the end."""
         h = self.history
+        self._run_start = time.perf_counter()
         for index, x, y in self._batches():
             if self.step >= self.total_steps or self.stop_requested:
                 break
@@ -143,6 +152,7 @@ class Trainer:
                                               or self.step == self.total_steps):
                 val_loss = evaluate(self.model, self.val_data, self.batch_size, self.seq_len)
                 h["eval_step"].append(self.step)
+                h["eval_seconds"].append(self.seconds_before + self._seconds_this_run())
                 h["val_loss"].append(val_loss)
                 h["val_perplexity"].append(math.exp(val_loss))
                 info.update(val_loss=val_loss, val_perplexity=math.exp(val_loss))
@@ -159,6 +169,6 @@ def train_model(model, train_data, epochs=10, batch_size=32, seq_len=64, lr=1e-3
     warmup_steps=100, weight_decay=0.01, max_grad_norm=1.0, eval_interval (default: a tenth of
     the run), max_steps, seed=0, callback (called with a dict after every step).
     History keys: step, train_loss, lr, grad_norm, tokens_per_sec (per step) and eval_step,
-    val_loss, val_perplexity (per evaluation).
+    eval_seconds (training wall time so far), val_loss, val_perplexity (per evaluation).
     """
     return Trainer(model, train_data, epochs, batch_size, seq_len, lr, **options).run()
