@@ -29,7 +29,7 @@ def build_parser():
     _flag(p, "data", default=None, help="text file to train on (default: tiny_shakespeare, "
           "found through $TINYGPT_DATA, the user cache, or a download)")
     _flag(p, "out-dir", default="out", help="where ckpt.npz, history.json, samples.txt go")
-    _flag(p, "epochs", type=int, default=10)
+    _flag(p, "epochs", type=int, default=12)
     _flag(p, "max-steps", type=int, default=None, help="stop after this many steps")
     _flag(p, "batch-size", type=int, default=64)
     _flag(p, "seq-len", type=int, default=128)
@@ -37,7 +37,9 @@ def build_parser():
     _flag(p, "n-heads", type=int, default=4)
     _flag(p, "n-layers", type=int, default=4)
     _flag(p, "max-seq-len", type=int, default=None, help="position table size (default: seq-len)")
-    _flag(p, "lr", type=float, default=1e-3)
+    _flag(p, "lr", type=float, default=6e-3,
+          help="peak learning rate (the lab suggests 1e-3; 6e-3 reaches a lower val loss in the "
+          "same time, see README)")
     _flag(p, "warmup-steps", type=int, default=100)
     _flag(p, "weight-decay", type=float, default=0.01)
     _flag(p, "max-grad-norm", type=float, default=1.0)
