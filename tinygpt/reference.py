@@ -14,9 +14,10 @@ GELU_C = math.sqrt(2.0 / math.pi)
 
 def layernorm_forward(x, weight, bias, eps=1e-5):
     """x (N, C), weight (C,), bias (C,) -> out (N, C), mean (N,), rstd (N,)."""
-    mean = x.mean(axis=1)
+    C = x.shape[1]
+    mean = x.sum(axis=1) / C  # the bits of x.mean(axis=1), without its per-call overhead
     xc = x - mean[:, None]
-    var = (xc * xc).mean(axis=1)
+    var = (xc * xc).sum(axis=1) / C
     rstd = 1.0 / np.sqrt(var + eps)
     out = xc * rstd[:, None] * weight + bias
     return out, mean, rstd
