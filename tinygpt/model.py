@@ -163,12 +163,13 @@ class TinyGPT:
             h = f"h{i}."
             ln1, mean1, rstd1 = ops.layernorm_forward(x, p[h + "ln1_w"], p[h + "ln1_b"])
             qkv = ops.linear_forward(ln1, p[h + "attn_w"], p[h + "attn_b"])  # (N, 3C)
+            heads_in = qkv.reshape(B, T, 3 * C)  # a view: rows grouped by sequence
             if kv_cache is not None:
-                _store_keys_values(kv_cache[i], qkv.reshape(B, T, 3 * C), start, H)
+                _store_keys_values(kv_cache[i], heads_in, start, H)
             if start == 0:
-                att, lse = ops.attention_forward(qkv.reshape(B, T, 3 * C), H)  # (B, T, C)
+                att, lse = ops.attention_forward(heads_in, H)  # (B, T, C)
             else:
-                att = _attend_to_cache(qkv.reshape(B, T, 3 * C), kv_cache[i], start, H)
+                att = _attend_to_cache(heads_in, kv_cache[i], start, H)
             att = att.reshape(N, C)
             x_mid = ops.linear_forward(att, p[h + "proj_w"], p[h + "proj_b"], residual=x)
             ln2, mean2, rstd2 = ops.layernorm_forward(x_mid, p[h + "ln2_w"], p[h + "ln2_b"])

@@ -56,10 +56,10 @@ class Trainer:
         self.lr = float(lr)
         self.warmup_steps = int(_non_negative("warmup_steps", warmup_steps))
         self.max_grad_norm = _non_negative("max_grad_norm", max_grad_norm)
-        self.train_data = self._check_ids(model, data.check_tokens(train_data, "train_data", self.seq_len), "train_data")
+        self.train_data = self._check_tokens(model, train_data, "train_data")
         self.val_data = None
         if val_data is not None:
-            self.val_data = self._check_ids(model, data.check_tokens(val_data, "val_data", self.seq_len), "val_data")
+            self.val_data = self._check_tokens(model, val_data, "val_data")
         steps_per_epoch = math.ceil(data.windows_per_epoch(len(self.train_data), self.seq_len)
                                     / self.batch_size)
         max_steps = _positive_int("max_steps", max_steps, allow_none=True)
@@ -83,8 +83,9 @@ class Trainer:
         self.seconds_before = 0.0  # training time spent before this run() (by earlier sessions)
         self._run_start = None
 
-    @staticmethod
-    def _check_ids(model, tokens, name):
+    def _check_tokens(self, model, tokens, name):
+        """A 1-D id array with at least one (seq_len + 1) window, every id in the vocabulary."""
+        tokens = data.check_tokens(tokens, name, self.seq_len)
         if tokens.min() < 0 or tokens.max() >= model.config.vocab_size:
             raise ValueError(f"{name} holds ids outside [0, {model.config.vocab_size})")
         return tokens
