@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from . import ops
+from . import ops, reference
 
 INIT_STD = 0.02
 
@@ -146,18 +146,18 @@ class TinyGPT:
 
     __call__ = forward
 
-    def _forward(self, idx, keep, kv_cache=None, start=0):
-        """idx (B, T) int64 at positions start.. -> logits (B, T, V).
+    def _forward(self, idx, keep, kv_cache=None):
+        """idx (B, T) int64 -> logits (B, T, V).
 
         With keep, also returns what backward needs. With a kv_cache (from ``_new_kv_cache``),
-        each layer's keys and values are written into it at positions start..start+T-1 and the
-        queries attend to every cached position before them.
+        each layer's keys and values are written into it at positions 0..T-1, for
+        ``_decode_step`` to go on from.
         """
         cfg, p = self.config, self.p
         B, T = idx.shape
         C, H = cfg.d_model, cfg.n_heads
         N = B * T
-        x = (p["wte"][idx] + p["wpe"][start:start + T]).reshape(N, C)  # (N, C) residual stream
+        x = (p["wte"][idx] + p["wpe"][:T]).reshape(N, C)  # (N, C) residual stream
         layers = []
         for i in range(cfg.n_layers):
             h = f"h{i}."
@@ -165,11 +165,8 @@ class TinyGPT:
             qkv = ops.linear_forward(ln1, p[h + "attn_w"], p[h + "attn_b"])  # (N, 3C)
             heads_in = qkv.reshape(B, T, 3 * C)  # a view: rows grouped by sequence
             if kv_cache is not None:
-                _store_keys_values(kv_cache[i], heads_in, start, H)
-            if start == 0:
-                att, lse = ops.attention_forward(heads_in, H)  # (B, T, C)
-            else:
-                att = _attend_to_cache(heads_in, kv_cache[i], start, H)
+                _store_keys_values(kv_cache[i], heads_in, H)
+            att, lse = ops.attention_forward(heads_in, H)  # (B, T, C)
             att = att.reshape(N, C)
             x_mid = ops.linear_forward(att, p[h + "proj_w"], p[h + "proj_b"], residual=x)
             ln2, mean2, rstd2 = ops.layernorm_forward(x_mid, p[h + "ln2_w"], p[h + "ln2_b"])
@@ -187,6 +184,38 @@ class TinyGPT:
         if keep:
             cache = dict(idx=idx, layers=layers, x=x, lnf=lnf, meanf=meanf, rstdf=rstdf)
         return logits.reshape(B, T, cfg.vocab_size), cache
+
+    def _decode_step(self, ids, position, kv_cache):
+        """One new token per row: ids (B,) at ``position`` -> logits (B, V).
+
+        The forward pass of a single position against the cached keys and values (adding its
+        own), straight on the NumPy reference: at one position the ops' checks and the
+        kernels' thread start-up would cost more than the arithmetic.
+        """
+        cfg, p = self.config, self.p
+        H, D = cfg.n_heads, cfg.d_model // cfg.n_heads
+        B = ids.shape[0]
+        x = p["wte"][ids] + p["wpe"][position]  # (B, C)
+        for i in range(cfg.n_layers):
+            h = f"h{i}."
+            keys, values = kv_cache[i]  # (B, H, max_seq_len, D)
+            ln1 = reference.layernorm_forward(x, p[h + "ln1_w"], p[h + "ln1_b"])[0]
+            q, k, v = reference.linear_forward(ln1, p[h + "attn_w"], p[h + "attn_b"]).reshape(
+                B, 3, H, D).transpose(1, 0, 2, 3)  # each (B, H, D)
+            keys[:, :, position], values[:, :, position] = k, v
+            scores = np.matmul(keys[:, :, :position + 1], q[..., None])[..., 0]  # (B, H, t)
+            scores *= 1.0 / math.sqrt(D)
+            weights = np.exp(scores - scores.max(axis=-1, keepdims=True))
+            weights /= weights.sum(axis=-1, keepdims=True)
+            att = np.matmul(weights[:, :, None], values[:, :, :position + 1])  # (B, H, 1, D)
+            x = reference.linear_forward(att.reshape(B, H * D), p[h + "proj_w"], p[h + "proj_b"],
+                                         residual=x)
+            ln2 = reference.layernorm_forward(x, p[h + "ln2_w"], p[h + "ln2_b"])[0]
+            act = reference.gelu_forward(
+                reference.linear_forward(ln2, p[h + "fc_w"], p[h + "fc_b"]))
+            x = reference.linear_forward(act, p[h + "fc2_w"], p[h + "fc2_b"], residual=x)
+        lnf = reference.layernorm_forward(x, p["lnf_w"], p["lnf_b"])[0]
+        return lnf @ p["head_w"]
 
     def _new_kv_cache(self, batch_size):
         """Per layer, (keys, values) buffers of shape (B, H, max_seq_len, D)."""
@@ -286,47 +315,26 @@ class TinyGPT:
         for _ in range(max_new_tokens):
             if logits is None:  # first step, or the window moved: (re)read the whole context
                 context = ids[:, -max_len:]
-                logits, _ = self._forward(context, keep=False, kv_cache=kv_cache)
-            next_ids = sample_next(logits[:, -1, :], temperature, top_k, top_p, rng)
+                logits = self._forward(context, keep=False, kv_cache=kv_cache)[0][:, -1]  # (B, V)
+            next_ids = sample_next(logits, temperature, top_k, top_p, rng)
             ids = np.concatenate([ids, next_ids[:, None]], axis=1)
             if on_token is not None:
                 on_token(next_ids)
             position = ids.shape[1] - 1
             if use_cache and position < max_len:
-                # one position per step: too little work to pay for the kernels' thread
-                # start-up, so these steps run on the NumPy reference (measured 2x faster)
-                with ops.using_backend("numpy"):
-                    logits, _ = self._forward(next_ids[:, None], keep=False, kv_cache=kv_cache,
-                                              start=position)
+                logits = self._decode_step(next_ids, position, kv_cache)
             else:
                 logits = None
         return ids[0] if squeeze else ids
 
 
-def _store_keys_values(cache, qkv, start, n_heads):
-    """Write the keys and values of qkv (B, T, 3C) into one layer's cache at positions start.."""
+def _store_keys_values(cache, qkv, n_heads):
+    """Write the keys and values of qkv (B, T, 3C) into one layer's cache at positions 0..T-1."""
     keys, values = cache  # (B, H, max_seq_len, D) each
     B, T, C3 = qkv.shape
     _, k, v = qkv.reshape(B, T, 3, n_heads, C3 // 3 // n_heads).transpose(2, 0, 3, 1, 4)
-    keys[:, :, start:start + T] = k
-    values[:, :, start:start + T] = v
-
-
-def _attend_to_cache(qkv, cache, start, n_heads):
-    """Queries at positions start.. attend causally to every cached key before them.
-
-    qkv (B, Tq, 3C), cache: (keys, values) (B, H, max_seq_len, D) -> out (B, Tq, C).
-    """
-    B, Tq, C3 = qkv.shape
-    D = C3 // 3 // n_heads
-    q = qkv[..., :C3 // 3].reshape(B, Tq, n_heads, D).transpose(0, 2, 1, 3)  # (B, H, Tq, D)
-    Tk = start + Tq
-    keys, values = cache[0][:, :, :Tk], cache[1][:, :, :Tk]
-    scores = (q @ keys.swapaxes(-1, -2)) * (1.0 / math.sqrt(D))  # (B, H, Tq, Tk)
-    scores[..., np.arange(Tk)[None, :] > np.arange(start, Tk)[:, None]] = -np.inf
-    weights = np.exp(scores - scores.max(axis=-1, keepdims=True))
-    weights /= weights.sum(axis=-1, keepdims=True)
-    return (weights @ values).transpose(0, 2, 1, 3).reshape(B, Tq, C3 // 3)
+    keys[:, :, :T] = k
+    values[:, :, :T] = v
 
 
 def check_sampling(temperature, top_k, top_p):
