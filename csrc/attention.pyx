@@ -28,7 +28,8 @@ from scipy.linalg.cython_blas cimport dgemm, sgemm
 from cython cimport floating
 from cython.parallel cimport parallel, prange
 
-from kernel_checks cimport float_arrays, check_ndim, check_shape, positive_int, thread_count
+from kernel_checks cimport (float_arrays, check_ndim, check_shape, out_arrays, positive_int,
+                            thread_count)
 from kernel_math cimport exp_shifted_sum, flog, row_dot, row_max
 
 
@@ -207,14 +208,13 @@ def _check_heads(qkv, n_heads):
     return B, T, C, H
 
 
-def attention_forward(qkv, n_heads, n_threads):
+def attention_forward(qkv, n_heads, n_threads, out=None):
     """Causal self-attention. qkv (B, T, 3C) = [q | k | v], each split into n_heads heads
-    -> out (B, T, C), lse (B, H, T)."""
+    -> out (B, T, C), lse (B, H, T), written into ``out`` = (out, lse) when given."""
     cdef int nt = thread_count(n_threads)
     (qkv,) = float_arrays(("qkv",), (qkv,))
     B, T, C, H = _check_heads(qkv, n_heads)
-    out = np.empty((B, T, C), qkv.dtype)
-    lse = np.empty((B, H, T), qkv.dtype)
+    out, lse = out_arrays(("out", "lse"), out, ((B, T, C), (B, H, T)), qkv.dtype)
     if qkv.size == 0:
         return out, lse
     with one_blas_thread():
@@ -227,23 +227,23 @@ def attention_forward(qkv, n_heads, n_threads):
     return out, lse
 
 
-def attention_backward(dout, qkv, out, lse, n_heads, n_threads):
-    """dout (B, T, C), then forward's qkv (B, T, 3C), out (B, T, C), lse (B, H, T)
-    -> dqkv (B, T, 3C)."""
+def attention_backward(dout, qkv, att, lse, n_heads, n_threads, out=None):
+    """dout (B, T, C), then forward's qkv (B, T, 3C), att (its out, (B, T, C)), lse (B, H, T)
+    -> dqkv (B, T, 3C), written into ``out`` when given."""
     cdef int nt = thread_count(n_threads)
-    dout, qkv, out, lse = float_arrays(("dout", "qkv", "out", "lse"), (dout, qkv, out, lse))
+    dout, qkv, att, lse = float_arrays(("dout", "qkv", "att", "lse"), (dout, qkv, att, lse))
     B, T, C, H = _check_heads(qkv, n_heads)
     check_shape("dout", dout, (B, T, C), "(B, T, C)")
-    check_shape("out", out, (B, T, C), "(B, T, C)")
+    check_shape("att", att, (B, T, C), "(B, T, C)")
     check_shape("lse", lse, (B, H, T), "(B, H, T)")
-    dqkv = np.empty_like(qkv)
+    (dqkv,) = out_arrays(("dqkv",), out, (qkv.shape,), qkv.dtype)
     if qkv.size == 0:
         return dqkv
     with one_blas_thread():
         if qkv.dtype == np.float32:
-            status = backward_impl[float](dout, qkv, out, lse, dqkv, nt)
+            status = backward_impl[float](dout, qkv, att, lse, dqkv, nt)
         else:
-            status = backward_impl[double](dout, qkv, out, lse, dqkv, nt)
+            status = backward_impl[double](dout, qkv, att, lse, dqkv, nt)
     if status:
         raise MemoryError("attention_backward: could not allocate scratch memory")
     return dqkv

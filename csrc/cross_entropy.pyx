@@ -10,7 +10,7 @@ import numpy as np
 from cython cimport floating
 from cython.parallel cimport prange
 
-from kernel_checks cimport float_arrays, check_ndim, thread_count
+from kernel_checks cimport out_arrays, float_arrays, check_ndim, thread_count
 from kernel_math cimport exp_shifted_sum, flog, row_max
 
 
@@ -42,9 +42,10 @@ cdef void xent_impl(const floating[:, ::1] logits, const long long[::1] targets,
                                        <floating>inv_n, &dlogits[i, 0])
 
 
-def softmax_cross_entropy(logits, targets, n_threads):
+def softmax_cross_entropy(logits, targets, n_threads, out=None):
     """logits (N, V) float32/float64, targets (N,) integers in [-1, V), -1 = ignore
-    -> (mean loss over the rows not ignored as a Python float, dlogits (N, V))."""
+    -> (mean loss over the rows not ignored as a Python float, dlogits (N, V)); dlogits is
+    written into ``out`` when given."""
     cdef int nt = thread_count(n_threads)
     (logits,) = float_arrays(("logits",), (logits,))
     check_ndim("logits", logits, 2, "(N, V)")
@@ -63,7 +64,7 @@ def softmax_cross_entropy(logits, targets, n_threads):
     n_valid = int(np.count_nonzero(targets >= 0))
     if n_valid == 0:
         raise ValueError("every target is -1 (ignored): the mean loss is undefined")
-    dlogits = np.empty_like(logits)
+    (dlogits,) = out_arrays(("dlogits",), out, ((N, V),), logits.dtype)
     row_loss = np.empty(N, logits.dtype)
     if logits.dtype == np.float32:
         xent_impl[float](logits, targets, 1.0 / n_valid, dlogits, row_loss, nt)

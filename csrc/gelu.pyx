@@ -18,7 +18,7 @@ from cython cimport floating
 from cython.parallel cimport prange
 from libc.math cimport tanh
 
-from kernel_checks cimport float_arrays, check_shape, thread_count
+from kernel_checks cimport out_arrays, float_arrays, check_shape, thread_count
 cimport kernel_math  # noqa: the C helpers tg_expf, tg_selectf and TG_DISPATCH
 
 cdef enum:
@@ -106,11 +106,12 @@ cdef void gelu_backward_impl(const floating[::1] dout, const floating[::1] x, fl
         gelu_backward_span(&dout[start], &x[start], &dx[start], min(<Py_ssize_t>SPAN, n - start))
 
 
-def gelu_forward(x, n_threads):
-    """x (any shape), float32 or float64 -> out (same shape and dtype)."""
+def gelu_forward(x, n_threads, out=None):
+    """x (any shape), float32 or float64 -> out (same shape and dtype), written into ``out``
+    when given."""
     cdef int nt = thread_count(n_threads)
     (x,) = float_arrays(("x",), (x,))
-    out = np.empty_like(x)
+    (out,) = out_arrays(("out",), out, (x.shape,), x.dtype)
     if x.size == 0:
         return out
     if x.dtype == np.float32:
@@ -120,12 +121,13 @@ def gelu_forward(x, n_threads):
     return out
 
 
-def gelu_backward(dout, x, n_threads):
-    """dout (any shape), then forward's x (same shape) -> dx (same shape)."""
+def gelu_backward(dout, x, n_threads, out=None):
+    """dout (any shape), then forward's x (same shape) -> dx (same shape), written into ``out``
+    when given."""
     cdef int nt = thread_count(n_threads)
     dout, x = float_arrays(("dout", "x"), (dout, x))
     check_shape("dout", dout, x.shape, "x.shape")
-    dx = np.empty_like(x)
+    (dx,) = out_arrays(("dx",), out, (x.shape,), x.dtype)
     if x.size == 0:
         return dx
     if x.dtype == np.float32:

@@ -54,3 +54,28 @@ cdef inline Py_ssize_t positive_int(str name, value) except -1:
 cdef inline int thread_count(n_threads) except -1:
     """Validate n_threads (an int >= 1) and clamp it to MAX_THREADS."""
     return min(positive_int("n_threads", n_threads), MAX_THREADS)
+
+
+cdef inline tuple out_arrays(tuple names, out, tuple shapes, dtype):
+    """The arrays a kernel writes into: new ones when out is None; otherwise out (one array, or a
+    tuple of them, one per name), each checked to be a writeable C-contiguous array of the
+    given shape and dtype."""
+    import numpy as np
+    cdef list fresh = []
+    if out is None:
+        for shape in shapes:
+            fresh.append(np.empty(shape, dtype))
+        return tuple(fresh)
+    cdef tuple outs = out if isinstance(out, tuple) else (out,)
+    if len(outs) != len(names):
+        raise ValueError(f"out must hold {len(names)} arrays {names}, got {len(outs)}")
+    for name, a, shape in zip(names, outs, shapes):
+        if not isinstance(a, np.ndarray):
+            raise TypeError(f"{name} must be a numpy array, got {type(a).__name__}")
+        if a.dtype != dtype:
+            raise TypeError(f"{name} must have dtype {dtype}, got {a.dtype}")
+        if a.shape != shape:
+            raise ValueError(f"{name} must have shape {shape}, got {a.shape}")
+        if not (a.flags.c_contiguous and a.flags.writeable):
+            raise ValueError(f"{name} must be a writeable C-contiguous array")
+    return outs

@@ -10,7 +10,7 @@ import numpy as np
 from cython cimport floating
 from cython.parallel cimport prange
 
-from kernel_checks cimport float_arrays, check_ndim, check_shape, thread_count
+from kernel_checks cimport out_arrays, float_arrays, check_ndim, check_shape, thread_count
 from kernel_math cimport LANES, fsqrt, row_dot, row_sum
 
 cdef enum:
@@ -108,8 +108,9 @@ cdef void backward_impl(const floating[:, ::1] dout, const floating[:, ::1] x,
                 db[c] += db_parts[k, c]
 
 
-def layernorm_forward(x, weight, bias, eps, n_threads):
-    """x (N, C), weight (C,), bias (C,), eps (float) -> out (N, C), mean (N,), rstd (N,)."""
+def layernorm_forward(x, weight, bias, eps, n_threads, out=None):
+    """x (N, C), weight (C,), bias (C,), eps (float) -> out (N, C), mean (N,), rstd (N,),
+    written into ``out`` = (out, mean, rstd) when given."""
     cdef int nt = thread_count(n_threads)
     x, weight, bias = float_arrays(("x", "weight", "bias"), (x, weight, bias))
     check_ndim("x", x, 2, "(N, C)")
@@ -119,9 +120,7 @@ def layernorm_forward(x, weight, bias, eps, n_threads):
     check_shape("weight", weight, (C,), "(C,)")
     check_shape("bias", bias, (C,), "(C,)")
     eps = float(eps)
-    out = np.empty_like(x)
-    mean = np.empty(N, x.dtype)
-    rstd = np.empty(N, x.dtype)
+    out, mean, rstd = out_arrays(("out", "mean", "rstd"), out, ((N, C), (N,), (N,)), x.dtype)
     if N == 0:
         return out, mean, rstd
     if x.dtype == np.float32:
@@ -131,9 +130,10 @@ def layernorm_forward(x, weight, bias, eps, n_threads):
     return out, mean, rstd
 
 
-def layernorm_backward(dout, x, weight, mean, rstd, n_threads):
+def layernorm_backward(dout, x, weight, mean, rstd, n_threads, out=None):
     """dout (N, C), then forward's x (N, C), weight (C,), mean (N,), rstd (N,)
-    -> dx (N, C), dweight (C,), dbias (C,)."""
+    -> dx (N, C), dweight (C,), dbias (C,), written into ``out`` = (dx, dweight, dbias) when
+    given."""
     cdef int nt = thread_count(n_threads)
     dout, x, weight, mean, rstd = float_arrays(("dout", "x", "weight", "mean", "rstd"),
                                                (dout, x, weight, mean, rstd))
@@ -145,10 +145,11 @@ def layernorm_backward(dout, x, weight, mean, rstd, n_threads):
     check_shape("weight", weight, (C,), "(C,)")
     check_shape("mean", mean, (N,), "(N,)")
     check_shape("rstd", rstd, (N,), "(N,)")
-    dx = np.empty_like(x)
-    dweight = np.zeros(C, x.dtype)
-    dbias = np.zeros(C, x.dtype)
+    dx, dweight, dbias = out_arrays(("dx", "dweight", "dbias"), out, ((N, C), (C,), (C,)),
+                                    x.dtype)
     if N == 0:
+        dweight[...] = 0
+        dbias[...] = 0
         return dx, dweight, dbias
     n_chunks = (N + ROWS_PER_CHUNK - 1) // ROWS_PER_CHUNK
     dw_parts = np.empty((n_chunks, C), x.dtype)

@@ -6,9 +6,9 @@
 BLAS does the products, one single-threaded call per block of work, and OpenMP shares the
 blocks out. The blocks depend on the shapes alone, so the bits are the same on any number of
 threads; OpenBLAS's own threading gives results that change with its thread count.
-Forward and dx split the rows into ROW_BLOCK-row blocks. dweight and dbias sum over the rows:
-each of at most REDUCE_CHUNKS row chunks writes its own partial product, and the partials are
-added in chunk order.
+Forward and dx split the rows into ROW_BLOCK-row blocks; dweight and dbias split the columns
+into COL_BLOCK-column blocks, each summed over every row by one call, so no partial sums are
+needed to keep the order fixed.
 """
 import numpy as np
 
@@ -20,11 +20,11 @@ from scipy.linalg.cython_blas cimport dgemm, sgemm
 from cython cimport floating
 from cython.parallel cimport prange
 
-from kernel_checks cimport float_arrays, check_ndim, check_shape, thread_count
+from kernel_checks cimport float_arrays, check_ndim, check_shape, out_arrays, thread_count
 
 cdef enum:
-    ROW_BLOCK = 256     # rows per forward / dx work item
-    REDUCE_CHUNKS = 8   # most row chunks in the dweight / dbias sums
+    ROW_BLOCK = 256  # rows per forward / dx work item
+    COL_BLOCK = 256  # columns per dweight / dbias work item (each one repacks all of x)
 
 
 cdef inline void gemm(char* transa, char* transb, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
@@ -74,32 +74,31 @@ cdef void forward_impl(const floating[:, ::1] x, const floating[:, ::1] w,
 
 
 cdef void backward_impl(const floating[:, ::1] dout, const floating[:, ::1] x,
-                        const floating[:, ::1] w, floating[:, ::1] dx,
-                        floating[:, :, ::1] dw_parts, floating[:, ::1] db_parts,
-                        Py_ssize_t chunk_rows, int n_threads) noexcept nogil:
+                        const floating[:, ::1] w, floating[:, ::1] dx, floating[:, ::1] dw,
+                        floating[::1] db, int n_threads) noexcept nogil:
     cdef Py_ssize_t N = x.shape[0], K = x.shape[1], M = w.shape[1]
-    cdef Py_ssize_t n_blocks = (N + ROW_BLOCK - 1) // ROW_BLOCK
-    cdef Py_ssize_t n_chunks = dw_parts.shape[0]
-    cdef Py_ssize_t item, r0, rows, i, j
-    # work items: first the dx row blocks, then the dweight / dbias chunks
-    for item in prange(n_blocks + n_chunks, schedule='dynamic', num_threads=n_threads):
-        if item < n_blocks:
-            r0 = item * ROW_BLOCK
+    cdef Py_ssize_t n_col_blocks = (M + COL_BLOCK - 1) // COL_BLOCK
+    cdef Py_ssize_t n_row_blocks = (N + ROW_BLOCK - 1) // ROW_BLOCK
+    cdef Py_ssize_t item, r0, rows, c0, cols, i, j
+    # work items: first the (larger) dweight / dbias column blocks, then the dx row blocks
+    for item in prange(n_col_blocks + n_row_blocks, schedule='dynamic', num_threads=n_threads):
+        if item < n_col_blocks:
+            c0 = item * COL_BLOCK
+            cols = min(COL_BLOCK, M - c0)
+            # dw[:, c0:c0+cols] (K, cols) = x^T (K, N) @ dout[:, c0:c0+cols] (N, cols);
+            # column-major: dw_block^T = dout_block^T @ x
+            gemm("N", "T", cols, K, N, &dout[0, c0], M, &x[0, 0], K, 0, &dw[0, c0], M)
+            for j in range(c0, c0 + cols):
+                db[j] = 0
+            for i in range(N):
+                for j in range(c0, c0 + cols):
+                    db[j] += dout[i, j]
+        else:
+            r0 = (item - n_col_blocks) * ROW_BLOCK
             rows = min(ROW_BLOCK, N - r0)
             # dx (rows, K) = dout @ w^T; column-major that is dx^T = w @ dout^T, and the
             # row-major w reads as w^T column-major, hence its "T"
             gemm("T", "N", K, rows, M, &w[0, 0], M, &dout[r0, 0], M, 0, &dx[r0, 0], K)
-        else:
-            r0 = (item - n_blocks) * chunk_rows
-            rows = min(chunk_rows, N - r0)
-            # dw_part (K, M) = x^T (K, rows) @ dout (rows, M); column-major: dout^T @ x
-            gemm("N", "T", M, K, rows, &dout[r0, 0], M, &x[r0, 0], K, 0,
-                 &dw_parts[item - n_blocks, 0, 0], M)
-            for j in range(M):
-                db_parts[item - n_blocks, j] = 0
-            for i in range(r0, r0 + rows):
-                for j in range(M):
-                    db_parts[item - n_blocks, j] += dout[i, j]
 
 
 def _check_sizes(N, K, M):
@@ -109,9 +108,9 @@ def _check_sizes(N, K, M):
         raise ValueError("dimensions must be below 2**31 (BLAS integers)")
 
 
-def linear_forward(x, weight, bias, residual, n_threads):
+def linear_forward(x, weight, bias, residual, n_threads, out=None):
     """x (N, K), weight (K, M), bias (M,) or None, residual (N, M) or None
-    -> out (N, M) = residual + x @ weight + bias."""
+    -> out (N, M) = residual + x @ weight + bias, written into ``out`` when given."""
     cdef int nt = thread_count(n_threads)
     has_bias, has_residual = bias is not None, residual is not None
     x, weight = float_arrays(("x", "weight"), (x, weight))
@@ -131,7 +130,7 @@ def linear_forward(x, weight, bias, residual, n_threads):
         check_shape("bias", bias, (M,), "(M,)")
     if has_residual:
         check_shape("residual", residual, (N, M), "(N, M)")
-    out = np.empty((N, M), x.dtype)
+    (out,) = out_arrays(("out",), out, ((N, M),), x.dtype)
     with one_blas_thread():
         if x.dtype == np.float32:
             forward_impl[float](x, weight, bias, residual, has_bias, has_residual, out, nt)
@@ -140,9 +139,10 @@ def linear_forward(x, weight, bias, residual, n_threads):
     return out
 
 
-def linear_backward(dout, x, weight, n_threads):
+def linear_backward(dout, x, weight, n_threads, out=None):
     """dout (N, M), then forward's x (N, K) and weight (K, M)
-    -> dx (N, K), dweight (K, M), dbias (M,)."""
+    -> dx (N, K), dweight (K, M), dbias (M,), written into ``out`` = (dx, dweight, dbias) when
+    given."""
     cdef int nt = thread_count(n_threads)
     dout, x, weight = float_arrays(("dout", "x", "weight"), (dout, x, weight))
     check_ndim("x", x, 2, "(N, K)")
@@ -151,14 +151,11 @@ def linear_backward(dout, x, weight, n_threads):
     check_shape("weight", weight, (K, M), "(K, M)")
     check_shape("dout", dout, (N, M), "(N, M)")
     _check_sizes(N, K, M)
-    chunk_rows = max(ROW_BLOCK, -(-N // REDUCE_CHUNKS))
-    n_chunks = -(-N // chunk_rows)
-    dx = np.empty((N, K), x.dtype)
-    dw_parts = np.empty((n_chunks, K, M), x.dtype)
-    db_parts = np.empty((n_chunks, M), x.dtype)
+    dx, dweight, dbias = out_arrays(("dx", "dweight", "dbias"), out, ((N, K), (K, M), (M,)),
+                                    x.dtype)
     with one_blas_thread():
         if x.dtype == np.float32:
-            backward_impl[float](dout, x, weight, dx, dw_parts, db_parts, chunk_rows, nt)
+            backward_impl[float](dout, x, weight, dx, dweight, dbias, nt)
         else:
-            backward_impl[double](dout, x, weight, dx, dw_parts, db_parts, chunk_rows, nt)
-    return dx, dw_parts.sum(axis=0), db_parts.sum(axis=0)
+            backward_impl[double](dout, x, weight, dx, dweight, dbias, nt)
+    return dx, dweight, dbias

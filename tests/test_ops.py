@@ -115,3 +115,71 @@ def test_non_contiguous_input_gives_the_contiguous_answer(backend):
     out, _, _ = ops.layernorm_forward(x, w, b)
     expected, _, _ = ops.layernorm_forward(np.ascontiguousarray(x), w, b)
     np.testing.assert_array_equal(out, expected)
+
+
+def _calls_with_outputs(dtype):
+    """(op name, args, the shapes of what it returns as arrays) for every op, small shapes."""
+    rng = np.random.default_rng(3)
+
+    def a(*shape):
+        return rng.standard_normal(shape).astype(dtype)
+
+    qkv = a(2, 5, 12)
+    att, lse = ops.attention_forward(qkv, 2)
+    x, w = a(6, 8), a(8)
+    _, mean, rstd = ops.layernorm_forward(x, w, a(8))
+    return [
+        ("linear_forward", (a(6, 8), a(8, 3), a(3), a(6, 3)), [(6, 3)]),
+        ("linear_backward", (a(6, 3), a(6, 8), a(8, 3)), [(6, 8), (8, 3), (3,)]),
+        ("layernorm_forward", (x, w, a(8)), [(6, 8), (6,), (6,)]),
+        ("layernorm_backward", (a(6, 8), x, w, mean, rstd), [(6, 8), (8,), (8,)]),
+        ("gelu_forward", (a(4, 5),), [(4, 5)]),
+        ("gelu_backward", (a(4, 5), a(4, 5)), [(4, 5)]),
+        ("attention_forward", (qkv, 2), [(2, 5, 4), (2, 2, 5)]),
+        ("attention_backward", (a(2, 5, 4), qkv, att, lse, 2), [(2, 5, 12)]),
+        ("softmax_cross_entropy", (a(4, 5), np.array([0, 4, -1, 2])), [(4, 5)]),
+    ]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_out_arrays_receive_exactly_what_the_op_returns(backend, dtype):
+    for name, args, shapes in _calls_with_outputs(dtype):
+        op = getattr(ops, name)
+        expected = op(*args)
+        outs = tuple(np.full(shape, np.nan, dtype) for shape in shapes)
+        got = op(*args, out=outs if len(outs) > 1 else outs[0])
+        if name == "softmax_cross_entropy":  # (loss, dlogits): out holds dlogits
+            assert got[0] == expected[0] and got[1] is outs[0]
+            expected, got = expected[1:], got[1:]
+        elif len(outs) == 1:
+            assert got is outs[0]
+            expected, got = (expected,), (got,)
+        else:
+            assert all(g is o for g, o in zip(got, outs))
+        for e, g in zip(expected, got):
+            np.testing.assert_array_equal(g, e, err_msg=name)
+
+
+@pytest.mark.parametrize("make_out, error, match", [
+    (lambda: np.empty((6, 4), np.float32), ValueError, "out out must have shape"),
+    (lambda: np.empty((6, 3), np.float64), TypeError, "dtype"),
+    (lambda: np.empty((3, 6), np.float32).T, ValueError, "C-contiguous"),
+    (lambda: [np.empty((6, 3), np.float32)], TypeError, "numpy array"),
+    (lambda: (np.empty((6, 3), np.float32),), ValueError, "1 array"),
+])
+def test_bad_out_is_rejected_on_both_backends(backend, make_out, error, match):
+    with pytest.raises(error, match=match):
+        ops.linear_forward(f32(6, 8), f32(8, 3), out=make_out())
+
+
+def test_out_that_overlaps_an_input_or_another_output_is_rejected(backend):
+    x, w, b = f32(6, 8), f32(8), f32(8, seed=1)
+    with pytest.raises(ValueError, match="overlaps"):
+        ops.layernorm_forward(x, w, b, out=(x, np.empty(6, np.float32), np.empty(6, np.float32)))
+    stats = np.empty(6, np.float32)
+    with pytest.raises(ValueError, match="overlaps"):
+        ops.layernorm_forward(x, w, b, out=(np.empty_like(x), stats, stats))
+    with pytest.raises(ValueError, match="overlaps"):
+        ops.gelu_forward(x, out=x)
+    with pytest.raises(ValueError, match="a tuple of 3 arrays"):
+        ops.layernorm_forward(x, w, b, out=np.empty_like(x))

@@ -97,10 +97,22 @@ set_backend(os.environ.get("TINYGPT_BACKEND", "cython"))
 _state["threads"] = _default_threads()
 
 
-def _run(op, *args):
+def _run(op, *args, out=None):
+    """The op on the current backend; its array results go into ``out`` when given."""
     if _state["backend"] == "cython" and op in _kernels:
-        return _kernels[op](*args, _state["threads"])
-    return getattr(reference, op)(*args)
+        return _kernels[op](*args, _state["threads"], out=out)
+    result = getattr(reference, op)(*args)
+    if out is None:
+        return result
+    if isinstance(out, tuple):
+        for target, value in zip(out, result):
+            target[...] = value
+        return out
+    if isinstance(result, tuple):  # softmax_cross_entropy: (loss, dlogits)
+        out[...] = result[1]
+        return result[0], out
+    out[...] = result
+    return out
 
 
 # ---------------------------------------------------------------- input checks
@@ -120,6 +132,29 @@ def _float_arrays(**arrays):
             raise TypeError(f"{name} has dtype {a.dtype} but the other inputs are {dtype}")
         out.append(np.ascontiguousarray(a))
     return out
+
+
+def _expect_out(out, specs, dtype, inputs):
+    """Check ``out``, the arrays an op is to write into: None, or one array per (name, shape) in
+    specs (a tuple of them when there are several), each writeable, C-contiguous, of the inputs'
+    dtype, and sharing no memory with the inputs or with each other."""
+    if out is None:
+        return
+    outs = out if isinstance(out, tuple) else (out,)
+    if len(outs) != len(specs) or (len(specs) > 1) != isinstance(out, tuple):
+        names = tuple(name for name, _ in specs)
+        raise ValueError(f"out must be {'a tuple of ' if len(specs) > 1 else ''}"
+                         f"{len(specs)} array{'s' if len(specs) > 1 else ''} {names}")
+    for i, ((name, shape), a) in enumerate(zip(specs, outs)):
+        if not isinstance(a, np.ndarray):
+            raise TypeError(f"out {name} must be a numpy array, got {type(a).__name__}")
+        if a.dtype != dtype:
+            raise TypeError(f"out {name} must have dtype {dtype}, got {a.dtype}")
+        _expect_shape(f"out {name}", a, shape)
+        if not (a.flags.c_contiguous and a.flags.writeable):
+            raise ValueError(f"out {name} must be a writeable C-contiguous array")
+        if any(np.may_share_memory(a, other) for other in (*inputs, *outs[:i])):
+            raise ValueError(f"out {name} overlaps an input or another output")
 
 
 def _expect_shape(name, a, shape):
@@ -145,7 +180,7 @@ def _expect_matmul(x, weight):
 
 # ---------------------------------------------------------------- ops
 
-def linear_forward(x, weight, bias=None, residual=None):
+def linear_forward(x, weight, bias=None, residual=None, *, out=None):
     """x (N, K), weight (K, M), bias (M,) or None, residual (N, M) or None
     -> out (N, M) = residual + x @ weight + bias."""
     optional = {name: a for name, a in (("bias", bias), ("residual", residual)) if a is not None}
@@ -156,18 +191,24 @@ def linear_forward(x, weight, bias=None, residual=None):
         _expect_shape("bias", optional["bias"], weight.shape[1:])
     if "residual" in optional:
         _expect_shape("residual", optional["residual"], (x.shape[0], weight.shape[1]))
-    return _run("linear_forward", x, weight, optional.get("bias"), optional.get("residual"))
+    _expect_out(out, [("out", (x.shape[0], weight.shape[1]))], x.dtype,
+                (x, weight, *optional.values()))
+    return _run("linear_forward", x, weight, optional.get("bias"), optional.get("residual"),
+                out=out)
 
 
-def linear_backward(dout, x, weight):
+def linear_backward(dout, x, weight, *, out=None):
     """dout (N, M), then forward's x (N, K), weight (K, M) -> dx (N, K), dweight, dbias (M,)."""
     dout, x, weight = _float_arrays(dout=dout, x=x, weight=weight)
     _expect_matmul(x, weight)
-    _expect_shape("dout", dout, (x.shape[0], weight.shape[1]))
-    return _run("linear_backward", dout, x, weight)
+    (N, K), M = x.shape, weight.shape[1]
+    _expect_shape("dout", dout, (N, M))
+    _expect_out(out, [("dx", (N, K)), ("dweight", (K, M)), ("dbias", (M,))], x.dtype,
+                (dout, x, weight))
+    return _run("linear_backward", dout, x, weight, out=out)
 
 
-def layernorm_forward(x, weight, bias, eps=1e-5):
+def layernorm_forward(x, weight, bias, eps=1e-5, *, out=None):
     """x (N, C), weight (C,), bias (C,) -> out (N, C), mean (N,), rstd (N,)."""
     x, weight, bias = _float_arrays(x=x, weight=weight, bias=bias)
     _expect_ndim("x", x, 2)
@@ -175,10 +216,13 @@ def layernorm_forward(x, weight, bias, eps=1e-5):
     _expect_shape("bias", bias, x.shape[1:])
     if not eps > 0:
         raise ValueError(f"eps must be > 0, got {eps}")
-    return _run("layernorm_forward", x, weight, bias, float(eps))
+    N = x.shape[0]
+    _expect_out(out, [("out", x.shape), ("mean", (N,)), ("rstd", (N,))], x.dtype,
+                (x, weight, bias))
+    return _run("layernorm_forward", x, weight, bias, float(eps), out=out)
 
 
-def layernorm_backward(dout, x, weight, mean, rstd):
+def layernorm_backward(dout, x, weight, mean, rstd, *, out=None):
     """dout (N, C), then forward's x, weight, mean, rstd -> dx (N, C), dweight (C,), dbias (C,)."""
     dout, x, weight, mean, rstd = _float_arrays(dout=dout, x=x, weight=weight, mean=mean, rstd=rstd)
     _expect_ndim("x", x, 2)
@@ -186,20 +230,24 @@ def layernorm_backward(dout, x, weight, mean, rstd):
     _expect_shape("weight", weight, x.shape[1:])
     _expect_shape("mean", mean, x.shape[:1])
     _expect_shape("rstd", rstd, x.shape[:1])
-    return _run("layernorm_backward", dout, x, weight, mean, rstd)
+    _expect_out(out, [("dx", x.shape), ("dweight", weight.shape), ("dbias", weight.shape)],
+                x.dtype, (dout, x, weight, mean, rstd))
+    return _run("layernorm_backward", dout, x, weight, mean, rstd, out=out)
 
 
-def gelu_forward(x):
+def gelu_forward(x, *, out=None):
     """tanh-approximate GELU, elementwise: x (any shape) -> out (same shape)."""
     (x,) = _float_arrays(x=x)
-    return _run("gelu_forward", x)
+    _expect_out(out, [("out", x.shape)], x.dtype, (x,))
+    return _run("gelu_forward", x, out=out)
 
 
-def gelu_backward(dout, x):
+def gelu_backward(dout, x, *, out=None):
     """dout, then forward's x (same shape) -> dx."""
     dout, x = _float_arrays(dout=dout, x=x)
     _expect_shape("dout", dout, x.shape)
-    return _run("gelu_backward", dout, x)
+    _expect_out(out, [("dx", x.shape)], x.dtype, (dout, x))
+    return _run("gelu_backward", dout, x, out=out)
 
 
 def _expect_qkv(qkv, n_heads):
@@ -214,26 +262,29 @@ def _expect_qkv(qkv, n_heads):
     return B, T, C3 // 3
 
 
-def attention_forward(qkv, n_heads):
+def attention_forward(qkv, n_heads, *, out=None):
     """Causal self-attention. qkv (B, T, 3C) = [q | k | v] -> out (B, T, C), lse (B, H, T)."""
     (qkv,) = _float_arrays(qkv=qkv)
-    _expect_qkv(qkv, n_heads)
-    return _run("attention_forward", qkv, int(n_heads))
+    B, T, C = _expect_qkv(qkv, n_heads)
+    _expect_out(out, [("out", (B, T, C)), ("lse", (B, n_heads, T))], qkv.dtype, (qkv,))
+    return _run("attention_forward", qkv, int(n_heads), out=out)
 
 
-def attention_backward(dout, qkv, out, lse, n_heads):
-    """dout (B, T, C), then forward's qkv (B, T, 3C), out (B, T, C), lse (B, H, T)
+def attention_backward(dout, qkv, att, lse, n_heads, *, out=None):
+    """dout (B, T, C), then forward's qkv (B, T, 3C), att (its out, (B, T, C)), lse (B, H, T)
     -> dqkv (B, T, 3C)."""
-    dout, qkv, out, lse = _float_arrays(dout=dout, qkv=qkv, out=out, lse=lse)
+    dout, qkv, att, lse = _float_arrays(dout=dout, qkv=qkv, att=att, lse=lse)
     B, T, C = _expect_qkv(qkv, n_heads)
     _expect_shape("dout", dout, (B, T, C))
-    _expect_shape("out", out, (B, T, C))
+    _expect_shape("att", att, (B, T, C))
     _expect_shape("lse", lse, (B, n_heads, T))
-    return _run("attention_backward", dout, qkv, out, lse, int(n_heads))
+    _expect_out(out, [("dqkv", qkv.shape)], qkv.dtype, (dout, qkv, att, lse))
+    return _run("attention_backward", dout, qkv, att, lse, int(n_heads), out=out)
 
 
-def softmax_cross_entropy(logits, targets):
-    """logits (N, V), targets (N,) ints with -1 = ignore -> (mean loss, dlogits (N, V))."""
+def softmax_cross_entropy(logits, targets, *, out=None):
+    """logits (N, V), targets (N,) ints with -1 = ignore -> (mean loss, dlogits (N, V));
+    ``out`` receives dlogits."""
     (logits,) = _float_arrays(logits=logits)
     _expect_ndim("logits", logits, 2)
     targets = np.asarray(targets)
@@ -247,4 +298,5 @@ def softmax_cross_entropy(logits, targets):
         raise ValueError(f"target {targets[i]} at index {i} is outside [-1, {logits.shape[1]})")
     if not (targets >= 0).any():
         raise ValueError("every target is -1 (ignored): the mean loss is undefined")
-    return _run("softmax_cross_entropy", logits, targets)
+    _expect_out(out, [("dlogits", logits.shape)], logits.dtype, (logits,))
+    return _run("softmax_cross_entropy", logits, targets, out=out)

@@ -86,11 +86,11 @@ def attention_forward(qkv, n_heads):
     return _merge_heads(probs @ v), lse
 
 
-def attention_backward(dout, qkv, out, lse, n_heads):
-    """dout (B, T, C), then forward's qkv (B, T, 3C), out (B, T, C), lse (B, H, T)
+def attention_backward(dout, qkv, att, lse, n_heads):
+    """dout (B, T, C), then forward's qkv (B, T, 3C), att (its out, (B, T, C)), lse (B, H, T)
     -> dqkv (B, T, 3C)."""
     q, k, v = _split_heads(qkv, n_heads)
-    dout_h, out_h = _heads(dout, n_heads), _heads(out, n_heads)  # (B, H, T, D)
+    dout_h, out_h = _heads(dout, n_heads), _heads(att, n_heads)  # (B, H, T, D)
     scale = 1.0 / math.sqrt(q.shape[-1])
     probs = np.exp(_causal_scores(q, k) - lse[..., None])
     dv = probs.swapaxes(-1, -2) @ dout_h
