@@ -85,6 +85,7 @@ class TinyGPT:
         self.p = _views(self.params, self.shapes)
         self.g = _views(self.grads, self.shapes)
         self._cache = None
+        self._buffers = None  # see _step_buffers
         self._init_weights(seed)
 
     # ------------------------------------------------------------ parameters
@@ -149,41 +150,69 @@ class TinyGPT:
     def _forward(self, idx, keep, kv_cache=None):
         """idx (B, T) int64 -> logits (B, T, V).
 
-        With keep, also returns what backward needs. With a kv_cache (from ``_new_kv_cache``),
-        each layer's keys and values are written into it at positions 0..T-1, for
-        ``_decode_step`` to go on from.
+        With keep, every op writes into the step buffers (``_step_buffers``), which then hold
+        what backward needs; returns them too. Without, each op allocates its output. With a
+        kv_cache (from ``_new_kv_cache``), each layer's keys and values are written into it at
+        positions 0..T-1, for ``_decode_step`` to go on from.
         """
         cfg, p = self.config, self.p
         B, T = idx.shape
         C, H = cfg.d_model, cfg.n_heads
         N = B * T
-        x = (p["wte"][idx] + p["wpe"][:T]).reshape(N, C)  # (N, C) residual stream
-        layers = []
+        bufs = self._step_buffers(B, T) if keep else None
+        # the ids are checked already; mode="clip" lets np.take write straight into out
+        x = np.take(p["wte"], idx, axis=0, mode="clip",
+                    out=None if bufs is None else bufs["layers"][0]["x"].reshape(B, T, C))
+        x += p["wpe"][:T]
+        x = x.reshape(N, C)  # (N, C) residual stream
         for i in range(cfg.n_layers):
-            h = f"h{i}."
-            ln1, mean1, rstd1 = ops.layernorm_forward(x, p[h + "ln1_w"], p[h + "ln1_b"])
-            qkv = ops.linear_forward(ln1, p[h + "attn_w"], p[h + "attn_b"])  # (N, 3C)
+            h, L = f"h{i}.", bufs["layers"][i] if keep else None
+            ln1, _, _ = ops.layernorm_forward(x, p[h + "ln1_w"], p[h + "ln1_b"],
+                                              out=_outs(L, "ln1", "mean1", "rstd1"))
+            qkv = ops.linear_forward(ln1, p[h + "attn_w"], p[h + "attn_b"],
+                                     out=_outs(L, "qkv"))  # (N, 3C)
             heads_in = qkv.reshape(B, T, 3 * C)  # a view: rows grouped by sequence
             if kv_cache is not None:
                 _store_keys_values(kv_cache[i], heads_in, H)
-            att, lse = ops.attention_forward(heads_in, H)  # (B, T, C)
-            att = att.reshape(N, C)
-            x_mid = ops.linear_forward(att, p[h + "proj_w"], p[h + "proj_b"], residual=x)
-            ln2, mean2, rstd2 = ops.layernorm_forward(x_mid, p[h + "ln2_w"], p[h + "ln2_b"])
-            fc = ops.linear_forward(ln2, p[h + "fc_w"], p[h + "fc_b"])  # (N, 4C)
-            act = ops.gelu_forward(fc)
-            x_out = ops.linear_forward(act, p[h + "fc2_w"], p[h + "fc2_b"], residual=x_mid)
-            if keep:
-                layers.append(dict(x=x, ln1=ln1, mean1=mean1, rstd1=rstd1, qkv=qkv, att=att,
-                                   lse=lse, x_mid=x_mid, ln2=ln2, mean2=mean2, rstd2=rstd2,
-                                   fc=fc, act=act))
-            x = x_out
-        lnf, meanf, rstdf = ops.layernorm_forward(x, p["lnf_w"], p["lnf_b"])
-        logits = ops.linear_forward(lnf, p["head_w"])  # (N, V)
-        cache = None
-        if keep:
-            cache = dict(idx=idx, layers=layers, x=x, lnf=lnf, meanf=meanf, rstdf=rstdf)
-        return logits.reshape(B, T, cfg.vocab_size), cache
+            att, _ = ops.attention_forward(heads_in, H, out=_outs(L, "att", "lse"))  # (B, T, C)
+            x_mid = ops.linear_forward(att.reshape(N, C), p[h + "proj_w"], p[h + "proj_b"],
+                                       residual=x, out=_outs(L, "x_mid"))
+            ln2, _, _ = ops.layernorm_forward(x_mid, p[h + "ln2_w"], p[h + "ln2_b"],
+                                              out=_outs(L, "ln2", "mean2", "rstd2"))
+            fc = ops.linear_forward(ln2, p[h + "fc_w"], p[h + "fc_b"], out=_outs(L, "fc"))
+            act = ops.gelu_forward(fc, out=_outs(L, "act"))  # (N, 4C)
+            x = ops.linear_forward(act, p[h + "fc2_w"], p[h + "fc2_b"], residual=x_mid,
+                                   out=_outs(L, "x_out"))
+        lnf, _, _ = ops.layernorm_forward(x, p["lnf_w"], p["lnf_b"],
+                                          out=_outs(bufs, "lnf", "meanf", "rstdf"))
+        logits = ops.linear_forward(lnf, p["head_w"], out=_outs(bufs, "logits"))  # (N, V)
+        return logits.reshape(B, T, cfg.vocab_size), bufs
+
+    def _step_buffers(self, B, T):
+        """The arrays one training step of shape (B, T) writes: per layer what backward needs,
+        then backward's scratch. Allocated on first use and reused while the shape stays."""
+        if self._buffers is not None and self._buffers["shape"] == (B, T):
+            return self._buffers
+        self._buffers = None  # let the old set go before the new one is allocated
+        cfg, dtype = self.config, self.dtype
+        C, H, V, N = cfg.d_model, cfg.n_heads, cfg.vocab_size, B * T
+
+        def new(*shape):
+            return np.empty(shape, dtype)
+
+        residual = [new(N, C) for _ in range(cfg.n_layers + 1)]  # layer i reads i, writes i + 1
+        layers = [dict(x=residual[i], ln1=new(N, C), mean1=new(N), rstd1=new(N),
+                       qkv=new(N, 3 * C), att=new(B, T, C), lse=new(B, H, T), x_mid=new(N, C),
+                       ln2=new(N, C), mean2=new(N), rstd2=new(N), fc=new(N, 4 * C),
+                       act=new(N, 4 * C), x_out=residual[i + 1])
+                  for i in range(cfg.n_layers)]
+        self._buffers = dict(
+            shape=(B, T), layers=layers, x=residual[-1], lnf=new(N, C), meanf=new(N),
+            rstdf=new(N), logits=new(N, V),
+            # backward's scratch, reused by every layer
+            dlogits=new(N, V), dhead_b=new(V), dx=new(N, C), dx_ln=new(N, C), dln=new(N, C),
+            datt=new(N, C), dqkv=new(B, T, 3 * C), dact=new(N, 4 * C), dfc=new(N, 4 * C))
+        return self._buffers
 
     def _decode_step(self, ids, position, kv_cache):
         """One new token per row: ids (B,) at ``position`` -> logits (B, V).
@@ -237,11 +266,10 @@ class TinyGPT:
             y = y[None, :]
         if y.shape != idx.shape:
             raise ValueError(f"targets have shape {y.shape} but inputs have {idx.shape}")
-        logits, cache = self._forward(idx, keep=True)
-        loss, dlogits = ops.softmax_cross_entropy(
-            logits.reshape(-1, self.config.vocab_size), y.reshape(-1))
-        cache["dlogits"] = dlogits
-        self._cache = cache
+        logits, bufs = self._forward(idx, keep=True)
+        loss, _ = ops.softmax_cross_entropy(logits.reshape(-1, self.config.vocab_size),
+                                            y.reshape(-1), out=bufs["dlogits"])
+        self._cache = dict(idx=idx)
         return loss
 
     # ------------------------------------------------------------ backward
@@ -250,38 +278,39 @@ class TinyGPT:
         """Fill ``self.grads`` with d(loss)/d(params) for the last ``loss`` call (overwrites)."""
         if self._cache is None:
             raise RuntimeError("backward() needs a loss(x, y) call first")
-        cache, cfg, p, g = self._cache, self.config, self.p, self.g
-        idx = cache["idx"]
+        cfg, p, g, S = self.config, self.p, self.g, self._buffers
+        idx = self._cache["idx"]
         B, T = idx.shape
         C, H = cfg.d_model, cfg.n_heads
         N = B * T
 
-        dlnf, g["head_w"][...], _ = ops.linear_backward(cache["dlogits"], cache["lnf"], p["head_w"])
-        dx, g["lnf_w"][...], g["lnf_b"][...] = ops.layernorm_backward(
-            dlnf, cache["x"], p["lnf_w"], cache["meanf"], cache["rstdf"])
-
+        dlnf, _, _ = ops.linear_backward(S["dlogits"], S["lnf"], p["head_w"],
+                                         out=(S["dln"], g["head_w"], S["dhead_b"]))
+        dx, _, _ = ops.layernorm_backward(dlnf, S["x"], p["lnf_w"], S["meanf"], S["rstdf"],
+                                          out=(S["dx"], g["lnf_w"], g["lnf_b"]))
         for i in reversed(range(cfg.n_layers)):
-            h, c = f"h{i}.", cache["layers"][i]
+            h, L = f"h{i}.", S["layers"][i]
             # MLP: x_out = x_mid + fc2(gelu(fc(ln2(x_mid))))
-            dact, g[h + "fc2_w"][...], g[h + "fc2_b"][...] = ops.linear_backward(
-                dx, c["act"], p[h + "fc2_w"])
-            dfc = ops.gelu_backward(dact, c["fc"])
-            dln2, g[h + "fc_w"][...], g[h + "fc_b"][...] = ops.linear_backward(
-                dfc, c["ln2"], p[h + "fc_w"])
-            dx_ln2, g[h + "ln2_w"][...], g[h + "ln2_b"][...] = ops.layernorm_backward(
-                dln2, c["x_mid"], p[h + "ln2_w"], c["mean2"], c["rstd2"])
-            dx = dx + dx_ln2
+            dact, _, _ = ops.linear_backward(dx, L["act"], p[h + "fc2_w"],
+                                             out=(S["dact"], g[h + "fc2_w"], g[h + "fc2_b"]))
+            dfc = ops.gelu_backward(dact, L["fc"], out=S["dfc"])
+            dln2, _, _ = ops.linear_backward(dfc, L["ln2"], p[h + "fc_w"],
+                                             out=(S["dln"], g[h + "fc_w"], g[h + "fc_b"]))
+            dx_ln2, _, _ = ops.layernorm_backward(
+                dln2, L["x_mid"], p[h + "ln2_w"], L["mean2"], L["rstd2"],
+                out=(S["dx_ln"], g[h + "ln2_w"], g[h + "ln2_b"]))
+            dx += dx_ln2
             # attention: x_mid = x + proj(attn(ln1(x)))
-            datt, g[h + "proj_w"][...], g[h + "proj_b"][...] = ops.linear_backward(
-                dx, c["att"], p[h + "proj_w"])
-            dqkv = ops.attention_backward(datt.reshape(B, T, C), c["qkv"].reshape(B, T, 3 * C),
-                                          c["att"].reshape(B, T, C), c["lse"], H)
-            dqkv = dqkv.reshape(N, 3 * C)
-            dln1, g[h + "attn_w"][...], g[h + "attn_b"][...] = ops.linear_backward(
-                dqkv, c["ln1"], p[h + "attn_w"])
-            dx_ln1, g[h + "ln1_w"][...], g[h + "ln1_b"][...] = ops.layernorm_backward(
-                dln1, c["x"], p[h + "ln1_w"], c["mean1"], c["rstd1"])
-            dx = dx + dx_ln1
+            datt, _, _ = ops.linear_backward(dx, L["att"].reshape(N, C), p[h + "proj_w"],
+                                             out=(S["datt"], g[h + "proj_w"], g[h + "proj_b"]))
+            dqkv = ops.attention_backward(datt.reshape(B, T, C), L["qkv"].reshape(B, T, 3 * C),
+                                          L["att"], L["lse"], H, out=S["dqkv"])
+            dln1, _, _ = ops.linear_backward(dqkv.reshape(N, 3 * C), L["ln1"], p[h + "attn_w"],
+                                             out=(S["dln"], g[h + "attn_w"], g[h + "attn_b"]))
+            dx_ln1, _, _ = ops.layernorm_backward(
+                dln1, L["x"], p[h + "ln1_w"], L["mean1"], L["rstd1"],
+                out=(S["dx_ln"], g[h + "ln1_w"], g[h + "ln1_b"]))
+            dx += dx_ln1
 
         dx = dx.reshape(B, T, C)
         dx.sum(axis=0, out=g["wpe"][:T])
@@ -326,6 +355,14 @@ class TinyGPT:
             else:
                 logits = None
         return ids[0] if squeeze else ids
+
+
+def _outs(buffers, *names):
+    """The named arrays of ``buffers`` as an op's out= argument: one array, a tuple of several,
+    or None when there are no buffers (the op then allocates)."""
+    if buffers is None:
+        return None
+    return buffers[names[0]] if len(names) == 1 else tuple(buffers[n] for n in names)
 
 
 def _store_keys_values(cache, qkv, n_heads):
