@@ -9,8 +9,10 @@ the backward). Query row t only ever touches keys 0..t, so the (T, T) matrices a
 bands of TILE rows: band r0..r1 needs keys 0..r1 only. Each product is one BLAS gemm per band
 (scipy.linalg.cython_blas); the part of the diagonal tile above the diagonal is computed but
 then overwritten with zeros, so the products with P and dS never see it. For T = 128 that is
-about 1.25x the arithmetic of the exact triangle and 0.6x that of the full square, in calls
-large enough for BLAS to run near its peak.
+1.5x the arithmetic of the exact triangle and 0.75x that of the full square, in two calls per
+product; at these sizes BLAS spends more time packing operands than multiplying, and fewer,
+larger calls won (at one thread, 64-row bands were about 5% faster than 32, 128 about 20%
+slower).
 The forward keeps only lse, the log-sum-exp of each row of scaled scores; the backward rebuilds
 the probabilities from q, k and lse (flash-attention style) and uses
 sum_j P[t, j] dP[t, j] = dout[t] . out[t].
@@ -34,7 +36,7 @@ from kernel_math cimport exp_shifted_sum, flog, row_dot, row_max
 
 
 cdef enum:
-    TILE = 32  # rows per band of the causal triangle
+    TILE = 64  # rows per band of the causal triangle (see above)
 
 
 cdef inline void gemm(bint trans_a, bint trans_b, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
