@@ -455,6 +455,46 @@ def bench_memory(plan, threads, use_torch):
     return result
 
 
+# ---------------------------------------------------------------- targets
+
+BLAS_BOUND = ("linear_forward", "linear_backward")  # sgemm in both backends
+
+
+def check_targets(r):
+    """The project's speed and memory goals, each against this run's own figures.
+
+    name -> {"value", "goal" (a readable bound), "met" (True, False, or None when a figure is
+    missing)}. A ratio needs both of its sides from this run, so a comparison with PyTorch is
+    None without PyTorch.
+    """
+    def entry(value, goal, met):
+        return {"value": value, "goal": goal, "met": None if value is None else bool(met)}
+
+    t, g, m = r["train_step"], r["generate"], r["memory"]
+    ratio_vs_torch = t["ratio_vs_torch"]
+    targets = {"train_step.ratio_vs_torch": entry(
+        ratio_vs_torch, "<= 1.0 (aim 0.8)", ratio_vs_torch is not None and ratio_vs_torch <= 1.0)}
+    for name, k in r["kernels"].items():
+        goal = 5.0 if name == "attention" else 3.0
+        if name in ATTENTION:
+            continue  # judged together, as "attention"
+        label = f">= {goal:g}x numpy" + (" (BLAS in both: cannot be met)"
+                                          if name in BLAS_BOUND else "")
+        targets[f"kernels.{name}.speedup"] = entry(k["speedup"], label, k["speedup"] >= goal)
+        if k["scaling"] is not None:
+            targets[f"kernels.{name}.scaling"] = entry(k["scaling"], ">= 1.7x",
+                                                       k["scaling"] >= 1.7)
+    speedup = g["cache_speedup"]
+    targets["generate.cache_speedup"] = entry(speedup, ">= 10x at 500 tokens",
+                                              speedup is not None and speedup >= 10
+                                              and g["new_tokens"] >= 500)
+    peak, torch_peak = m["peak_rss_mb"], m["torch_peak_rss_mb"]
+    targets["memory.peak_rss_mb"] = entry(
+        None if torch_peak is None else peak, "< PyTorch's",
+        torch_peak is not None and peak < torch_peak)
+    return targets
+
+
 # ---------------------------------------------------------------- report
 
 def fmt(value, spec, missing="-"):
@@ -514,6 +554,13 @@ def print_generate(r):
     print(f"cache speedup:  {fmt(g['cache_speedup'], '.2f')}x")
 
 
+def print_targets(r):
+    print("\ntargets (ratios from this run)")
+    for name, t in r["targets"].items():
+        met = {True: "met", False: "NOT MET", None: "no figure"}[t["met"]]
+        print(f"{name:<38} {fmt(t['value'], '.2f'):>8}  {t['goal']:<44} {met}")
+
+
 def print_memory(r):
     mem = r["memory"]
     print(f"\npeak RSS of {mem['steps']} training steps in a fresh process (after imports alone)")
@@ -524,7 +571,8 @@ def print_memory(r):
 
 def print_report(r):
     """The human-readable summary of the results dict ``r`` (the same figures as the JSON)."""
-    for section in (print_machine, print_kernels, print_train_step, print_generate, print_memory):
+    for section in (print_machine, print_kernels, print_train_step, print_generate, print_memory,
+                    print_targets):
         section(r)
     m = r["machine"]
     print(f"\ntotal benchmark time: {r['elapsed_s']:.0f} s; 1-minute load average "
@@ -579,6 +627,7 @@ def main(argv=None):
                                              results["sgemm"]["gflops"])
     results["generate"] = bench_generate(plan)
     results["memory"] = bench_memory(plan, args.threads, use_torch)
+    results["targets"] = check_targets(results)
     results["elapsed_s"] = time.perf_counter() - _START
     results["machine"]["load_average_at_end"] = os.getloadavg()[0]
 

@@ -62,3 +62,15 @@ def test_bench_writes_every_figure(tmp_path):
     machine = report["machine"]
     assert machine["cpu"] and positive(machine["cores"]) and machine["numpy"]
     assert machine["torch_used"] is False
+
+    # the goals, judged from the run's own figures; without PyTorch its comparisons are open
+    targets = report["targets"]
+    assert targets["train_step.ratio_vs_torch"]["met"] is None
+    assert targets["memory.peak_rss_mb"]["met"] is None
+    assert targets["generate.cache_speedup"]["met"] is False  # --smoke makes 20 tokens, not 500
+    for name in report["kernels"]:
+        if name not in ("attention_forward", "attention_backward"):
+            speedup = targets[f"kernels.{name}.speedup"]
+            assert speedup["value"] == report["kernels"][name]["speedup"]
+            assert speedup["met"] == (speedup["value"] >= (5 if name == "attention" else 3))
+    assert "targets" in done.stdout
