@@ -7,7 +7,8 @@ from tinygpt.optim import AdamW
 
 def make():
     tok = CharTokenizer("hello, world!\n")
-    model = TinyGPT(tok.vocab_size, d_model=16, n_heads=2, n_layers=2, max_seq_len=8, seed=4)
+    model = TinyGPT(tok.vocab_size, d_model=16, n_heads=2, n_layers=2, max_seq_len=8, seed=4,
+                    dropout=0.15)  # a float in the config: it must come back as it went in
     return model, tok
 
 

@@ -50,6 +50,49 @@ def test_gradient_matches_finite_differences(backend):
         assert np.linalg.norm(a - n) / scale < 1e-5, name
 
 
+def test_gradient_with_dropout_matches_finite_differences(backend):
+    """With the masks fixed (the same generator state for every loss), dropout is a fixed
+    linear map and the finite differences must match backward exactly as without it."""
+    model = tiny_model(dropout=0.3)
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(0, 7, (2, 5)), rng.integers(0, 7, (2, 5))
+
+    def masks():
+        return np.random.default_rng(5)
+
+    model.loss(x, y, dropout_rng=masks())
+    model.backward()
+    analytic = model.grads.copy()
+    numeric = np.zeros_like(model.params)
+    for i in range(model.params.size):
+        old = model.params[i]
+        model.params[i] = old + 1e-6
+        plus = model.loss(x, y, dropout_rng=masks())
+        model.params[i] = old - 1e-6
+        minus = model.loss(x, y, dropout_rng=masks())
+        model.params[i] = old
+        numeric[i] = (plus - minus) / 2e-6
+    assert np.linalg.norm(analytic - numeric) / np.linalg.norm(numeric) < 1e-6
+    # and dropout really acted: the masked loss differs from the plain one
+    assert model.loss(x, y, dropout_rng=masks()) != model.loss(x, y)
+
+
+def test_dropout_masks_drop_at_the_rate_and_keep_the_mean():
+    model = TinyGPT(11, d_model=32, n_heads=2, n_layers=1, max_seq_len=64, dropout=0.25)
+    x = np.random.default_rng(0).integers(0, 11, (8, 64))
+    model.loss(x, x, dropout_rng=np.random.default_rng(1))
+    mask = model._buffers["mask_emb"]
+    assert set(np.unique(mask)) == {0.0, np.float32(1 / 0.75)}
+    assert abs((mask == 0).mean() - 0.25) < 0.02
+    assert abs(mask.mean() - 1.0) < 0.03
+    # without a generator, or with dropout 0, a loss is the plain one
+    plain = TinyGPT(11, d_model=32, n_heads=2, n_layers=1, max_seq_len=64)
+    assert model.loss(x, x) == plain.loss(x, x)
+    assert plain.loss(x, x, dropout_rng=np.random.default_rng(1)) == plain.loss(x, x)
+    with pytest.raises(TypeError, match="dropout_rng"):
+        model.loss(x, x, dropout_rng=1)
+
+
 def test_step_buffers_survive_shape_changes_and_interleaved_forwards(backend):
     """Reused step buffers must give what a fresh model gives, whatever ran in between."""
     rng = np.random.default_rng(1)
@@ -138,6 +181,9 @@ def test_parameter_count_matches_gpt2_formula():
     (dict(vocab_size=65, max_seq_len=-1), "max_seq_len"),
     (dict(vocab_size=65, d_model=64.0), "d_model"),
     (dict(vocab_size=65, dtype=np.float16), "dtype"),
+    (dict(vocab_size=65, dropout=1.0), "dropout"),
+    (dict(vocab_size=65, dropout=-0.1), "dropout"),
+    (dict(vocab_size=65, dropout="0.1"), "dropout"),
 ])
 def test_invalid_config_is_rejected(kwargs, match):
     with pytest.raises(ValueError, match=match):

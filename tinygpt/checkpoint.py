@@ -21,7 +21,8 @@ def save_checkpoint(path, model, tokenizer, optimizer=None, step=0, extra=None):
     """Write model + tokenizer (+ optimizer state, step, ``extra`` JSON-able dict) atomically."""
     meta = {
         "format_version": FORMAT_VERSION,
-        "config": {k: int(v) for k, v in vars(model.config).items()},
+        "config": {k: float(v) if k == "dropout" else int(v)
+                   for k, v in vars(model.config).items()},
         "dtype": model.dtype.name,
         "step": int(step),
         "extra": extra or {},

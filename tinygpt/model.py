@@ -6,6 +6,10 @@ Linear layers compute ``y = x @ W + b`` with W of shape (in, out).
 
     tok_emb + pos_emb -> n_layers x [x += proj(attn(ln1(x))); x += fc2(gelu(fc1(ln2(x))))]
     -> ln_f -> head -> logits
+
+With ``dropout`` p > 0, a training loss (``loss(x, y, dropout_rng=...)``) zeroes each element of
+the embeddings and of every residual branch (proj's and fc2's outputs) with probability p and
+scales the rest by 1 / (1 - p); forward, generate and a loss without dropout_rng never drop.
 """
 import math
 from dataclasses import asdict, dataclass
@@ -24,13 +28,19 @@ class GPTConfig:
     n_heads: int = 4
     n_layers: int = 4
     max_seq_len: int = 256
+    dropout: float = 0.0
 
     def __post_init__(self):
         for name, value in asdict(self).items():
+            if name == "dropout":
+                continue
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
                 raise ValueError(f"{name} must be an integer, got {value!r}")
             if value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
+        p = self.dropout
+        if isinstance(p, bool) or not isinstance(p, (int, float, np.number)) or not 0 <= p < 1:
+            raise ValueError(f"dropout must be a number in [0, 1), got {self.dropout!r}")
         if self.d_model % self.n_heads:
             raise ValueError(
                 f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})"
@@ -73,8 +83,8 @@ class TinyGPT:
     """
 
     def __init__(self, vocab_size, d_model=64, n_heads=4, n_layers=4, max_seq_len=256, *,
-                 seed=0, dtype=np.float32):
-        self.config = GPTConfig(vocab_size, d_model, n_heads, n_layers, max_seq_len)
+                 dropout=0.0, seed=0, dtype=np.float32):
+        self.config = GPTConfig(vocab_size, d_model, n_heads, n_layers, max_seq_len, dropout)
         self.dtype = np.dtype(dtype)
         if self.dtype not in (np.float32, np.float64):
             raise ValueError(f"dtype must be float32 or float64, got {self.dtype}")
@@ -147,24 +157,28 @@ class TinyGPT:
 
     __call__ = forward
 
-    def _forward(self, idx, keep, kv_cache=None):
+    def _forward(self, idx, keep, kv_cache=None, dropout_rng=None):
         """idx (B, T) int64 -> logits (B, T, V).
 
         With keep, every op writes into the step buffers (``_step_buffers``), which then hold
         what backward needs; returns them too. Without, each op allocates its output. With a
         kv_cache (from ``_new_kv_cache``), each layer's keys and values are written into it at
-        positions 0..T-1, for ``_decode_step`` to go on from.
+        positions 0..T-1, for ``_decode_step`` to go on from. With keep, a dropout_rng and
+        config.dropout > 0, new dropout masks are drawn into the buffers and applied.
         """
         cfg, p = self.config, self.p
         B, T = idx.shape
         C, H = cfg.d_model, cfg.n_heads
         N = B * T
         bufs = self._step_buffers(B, T) if keep else None
+        drop = keep and dropout_rng is not None and cfg.dropout > 0
         # the ids are checked already; mode="clip" lets np.take write straight into out
         x = np.take(p["wte"], idx, axis=0, mode="clip",
                     out=None if bufs is None else bufs["layers"][0]["x"].reshape(B, T, C))
         x += p["wpe"][:T]
         x = x.reshape(N, C)  # (N, C) residual stream
+        if drop:
+            x *= _draw_dropout_mask(bufs["mask_emb"], cfg.dropout, dropout_rng)
         for i in range(cfg.n_layers):
             h, L = f"h{i}.", bufs["layers"][i] if keep else None
             ln1, _, _ = ops.layernorm_forward(x, p[h + "ln1_w"], p[h + "ln1_b"],
@@ -175,18 +189,29 @@ class TinyGPT:
             if kv_cache is not None:
                 _store_keys_values(kv_cache[i], heads_in, H)
             att, _ = ops.attention_forward(heads_in, H, out=_outs(L, "att", "lse"))  # (B, T, C)
-            x_mid = ops.linear_forward(att.reshape(N, C), p[h + "proj_w"], p[h + "proj_b"],
-                                       residual=x, out=_outs(L, "x_mid"))
+            x_mid = self._residual_branch(att.reshape(N, C), h + "proj", x, _outs(L, "x_mid"),
+                                          L["mask_att"] if drop else None, dropout_rng)
             ln2, _, _ = ops.layernorm_forward(x_mid, p[h + "ln2_w"], p[h + "ln2_b"],
                                               out=_outs(L, "ln2", "mean2", "rstd2"))
             fc = ops.linear_forward(ln2, p[h + "fc_w"], p[h + "fc_b"], out=_outs(L, "fc"))
             act = ops.gelu_forward(fc, out=_outs(L, "act"))  # (N, 4C)
-            x = ops.linear_forward(act, p[h + "fc2_w"], p[h + "fc2_b"], residual=x_mid,
-                                   out=_outs(L, "x_out"))
+            x = self._residual_branch(act, h + "fc2", x_mid, _outs(L, "x_out"),
+                                      L["mask_mlp"] if drop else None, dropout_rng)
         lnf, _, _ = ops.layernorm_forward(x, p["lnf_w"], p["lnf_b"],
                                           out=_outs(bufs, "lnf", "meanf", "rstdf"))
         logits = ops.linear_forward(lnf, p["head_w"], out=_outs(bufs, "logits"))  # (N, V)
         return logits.reshape(B, T, cfg.vocab_size), bufs
+
+    def _residual_branch(self, x, layer, residual, out, mask, dropout_rng):
+        """residual + dropout(x @ W + b) for the linear layer named ``layer`` (W = layer_w);
+        mask is the buffer for the new dropout mask, None for no dropout."""
+        w, b = self.p[layer + "_w"], self.p[layer + "_b"]
+        if mask is None:
+            return ops.linear_forward(x, w, b, residual=residual, out=out)
+        y = ops.linear_forward(x, w, b, out=out)
+        y *= _draw_dropout_mask(mask, self.config.dropout, dropout_rng)
+        y += residual
+        return y
 
     def _step_buffers(self, B, T):
         """The arrays one training step of shape (B, T) writes: per layer what backward needs,
@@ -212,6 +237,10 @@ class TinyGPT:
             # backward's scratch, reused by every layer
             dlogits=new(N, V), dhead_b=new(V), dx=new(N, C), dx_ln=new(N, C), dln=new(N, C),
             datt=new(N, C), dqkv=new(B, T, 3 * C), dact=new(N, 4 * C), dfc=new(N, 4 * C))
+        if cfg.dropout > 0:  # the masks (zero or 1 / (1 - p)) and a scratch for their gradients
+            self._buffers.update(mask_emb=new(N, C), dbranch=new(N, C))
+            for layer in layers:
+                layer.update(mask_att=new(N, C), mask_mlp=new(N, C))
         return self._buffers
 
     def _decode_step(self, ids, position, kv_cache):
@@ -253,10 +282,12 @@ class TinyGPT:
         return [(np.zeros(shape, self.dtype), np.zeros(shape, self.dtype))
                 for _ in range(cfg.n_layers)]
 
-    def loss(self, x, y):
+    def loss(self, x, y, dropout_rng=None):
         """Mean cross-entropy of next-token predictions. x, y (B, T) ids (y = -1 is ignored).
 
-        Keeps what ``backward`` needs; returns the loss as a float.
+        Keeps what ``backward`` needs; returns the loss as a float. With a dropout_rng (a
+        numpy Generator) and config.dropout > 0, the loss is a training loss with dropout
+        masks drawn from it; the same generator state gives the same masks.
         """
         idx = self._check_ids(x)
         y = np.asarray(y)
@@ -266,10 +297,13 @@ class TinyGPT:
             y = y[None, :]
         if y.shape != idx.shape:
             raise ValueError(f"targets have shape {y.shape} but inputs have {idx.shape}")
-        logits, bufs = self._forward(idx, keep=True)
+        if dropout_rng is not None and not isinstance(dropout_rng, np.random.Generator):
+            raise TypeError(f"dropout_rng must be a numpy Generator or None, "
+                            f"got {type(dropout_rng).__name__}")
+        logits, bufs = self._forward(idx, keep=True, dropout_rng=dropout_rng)
         loss, _ = ops.softmax_cross_entropy(logits.reshape(-1, self.config.vocab_size),
                                             y.reshape(-1), out=bufs["dlogits"])
-        self._cache = dict(idx=idx)
+        self._cache = dict(idx=idx, dropout=dropout_rng is not None and self.config.dropout > 0)
         return loss
 
     # ------------------------------------------------------------ backward
@@ -279,7 +313,7 @@ class TinyGPT:
         if self._cache is None:
             raise RuntimeError("backward() needs a loss(x, y) call first")
         cfg, p, g, S = self.config, self.p, self.g, self._buffers
-        idx = self._cache["idx"]
+        idx, drop = self._cache["idx"], self._cache["dropout"]
         B, T = idx.shape
         C, H = cfg.d_model, cfg.n_heads
         N = B * T
@@ -291,7 +325,8 @@ class TinyGPT:
         for i in reversed(range(cfg.n_layers)):
             h, L = f"h{i}.", S["layers"][i]
             # MLP: x_out = x_mid + fc2(gelu(fc(ln2(x_mid))))
-            dact, _, _ = ops.linear_backward(dx, L["act"], p[h + "fc2_w"],
+            dbranch = np.multiply(dx, L["mask_mlp"], out=S["dbranch"]) if drop else dx
+            dact, _, _ = ops.linear_backward(dbranch, L["act"], p[h + "fc2_w"],
                                              out=(S["dact"], g[h + "fc2_w"], g[h + "fc2_b"]))
             dfc = ops.gelu_backward(dact, L["fc"], out=S["dfc"])
             dln2, _, _ = ops.linear_backward(dfc, L["ln2"], p[h + "fc_w"],
@@ -301,7 +336,8 @@ class TinyGPT:
                 out=(S["dx_ln"], g[h + "ln2_w"], g[h + "ln2_b"]))
             dx += dx_ln2
             # attention: x_mid = x + proj(attn(ln1(x)))
-            datt, _, _ = ops.linear_backward(dx, L["att"].reshape(N, C), p[h + "proj_w"],
+            dbranch = np.multiply(dx, L["mask_att"], out=S["dbranch"]) if drop else dx
+            datt, _, _ = ops.linear_backward(dbranch, L["att"].reshape(N, C), p[h + "proj_w"],
                                              out=(S["datt"], g[h + "proj_w"], g[h + "proj_b"]))
             dqkv = ops.attention_backward(datt.reshape(B, T, C), L["qkv"].reshape(B, T, 3 * C),
                                           L["att"], L["lse"], H, out=S["dqkv"])
@@ -312,6 +348,8 @@ class TinyGPT:
                 out=(S["dx_ln"], g[h + "ln1_w"], g[h + "ln1_b"]))
             dx += dx_ln1
 
+        if drop:
+            dx *= S["mask_emb"]
         dx = dx.reshape(B, T, C)
         dx.sum(axis=0, out=g["wpe"][:T])
         g["wpe"][T:] = 0.0
@@ -355,6 +393,15 @@ class TinyGPT:
             else:
                 logits = None
         return ids[0] if squeeze else ids
+
+
+def _draw_dropout_mask(mask, p, rng):
+    """Fill mask (any shape) in place: 0 with probability p, else 1 / (1 - p); returns it."""
+    rng.random(dtype=mask.dtype, out=mask)  # u in [0, 1): kept where u >= p
+    mask += 1 - p
+    np.floor(mask, out=mask)
+    mask *= 1 / (1 - p)
+    return mask
 
 
 def _outs(buffers, *names):

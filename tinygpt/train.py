@@ -37,6 +37,8 @@ def build_parser():
     _flag(p, "n-heads", type=int, default=4)
     _flag(p, "n-layers", type=int, default=4)
     _flag(p, "max-seq-len", type=int, default=None, help="position table size (default: seq-len)")
+    _flag(p, "dropout", type=float, default=0.0,
+          help="dropout rate of the embeddings and residual branches while training")
     _flag(p, "lr", type=float, default=6e-3,
           help="peak learning rate (the lab suggests 1e-3; 6e-3 reaches a lower val loss in the "
           "same time, see README)")
@@ -166,7 +168,8 @@ def _build(args):
     ids = np.array(tokenizer.encode(text), dtype=np.int32)
     train_ids, val_ids = data.split(ids)
     model = TinyGPT(tokenizer.vocab_size, args.d_model, args.n_heads, args.n_layers,
-                    args.max_seq_len or args.seq_len, seed=args.seed)
+                    args.max_seq_len or args.seq_len, seed=args.seed,
+                    dropout=getattr(args, "dropout", 0.0))  # runs saved before --dropout: 0
     trainer = Trainer(model, train_ids, args.epochs, args.batch_size, args.seq_len, args.lr,
                       val_data=val_ids, warmup_steps=args.warmup_steps,
                       weight_decay=args.weight_decay, max_grad_norm=args.max_grad_norm,

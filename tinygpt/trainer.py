@@ -70,6 +70,7 @@ class Trainer:
         self.model = model
         self.optimizer = AdamW(model.params, model.grads, model.decay_mask(),
                                weight_decay=_non_negative("weight_decay", weight_decay))
+        self.seed = seed
         self.rng = np.random.default_rng(seed)
         self.step = 0
         # where the data stream stands: the RNG state that starts the current epoch, and how
@@ -122,8 +123,12 @@ class Trainer:
         return 0.0 if self._run_start is None else time.perf_counter() - self._run_start
 
     def train_step(self, x, y):
-        """Forward, backward, clip, AdamW: returns (loss, lr, grad norm before clipping)."""
-        loss = self.model.loss(x, y)
+        """Forward, backward, clip, AdamW: returns (loss, lr, grad norm before clipping).
+
+        Dropout masks (when the model has dropout) come from a generator seeded by (seed,
+        step), so a resumed run draws the same ones without carrying any RNG state.
+        """
+        loss = self.model.loss(x, y, dropout_rng=np.random.default_rng([self.seed, self.step]))
         if not math.isfinite(loss):
             raise FloatingPointError(f"loss became {loss} at step {self.step}; stopping")
         self.model.backward()
