@@ -67,7 +67,7 @@ def test_bench_writes_every_figure(tmp_path):
     targets = report["targets"]
     assert targets["train_step.ratio_vs_torch"]["met"] is None
     assert targets["memory.peak_rss_mb"]["met"] is None
-    assert targets["generate.cache_speedup"]["met"] is False  # --smoke makes 20 tokens, not 500
+    assert targets["generate.cache_speedup"]["met"] is None  # --smoke makes 20 tokens, not 500
     for name in report["kernels"]:
         if name not in ("attention_forward", "attention_backward"):
             speedup = targets[f"kernels.{name}.speedup"]
