@@ -146,15 +146,16 @@ def _expect_out(out, specs, dtype, inputs):
         raise ValueError(f"out must be {'a tuple of ' if len(specs) > 1 else ''}"
                          f"{len(specs)} array{'s' if len(specs) > 1 else ''} {names}")
     for i, ((name, shape), a) in enumerate(zip(specs, outs)):
+        label = "out" if len(specs) == 1 else f"out {name}"
         if not isinstance(a, np.ndarray):
-            raise TypeError(f"out {name} must be a numpy array, got {type(a).__name__}")
+            raise TypeError(f"{label} must be a numpy array, got {type(a).__name__}")
         if a.dtype != dtype:
-            raise TypeError(f"out {name} must have dtype {dtype}, got {a.dtype}")
-        _expect_shape(f"out {name}", a, shape)
+            raise TypeError(f"{label} must have dtype {dtype}, got {a.dtype}")
+        _expect_shape(label, a, shape)
         if not (a.flags.c_contiguous and a.flags.writeable):
-            raise ValueError(f"out {name} must be a writeable C-contiguous array")
+            raise ValueError(f"{label} must be a writeable C-contiguous array")
         if any(np.may_share_memory(a, other) for other in (*inputs, *outs[:i])):
-            raise ValueError(f"out {name} overlaps an input or another output")
+            raise ValueError(f"{label} overlaps an input or another output")
 
 
 def _expect_shape(name, a, shape):
