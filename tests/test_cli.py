@@ -30,7 +30,7 @@ def trained(tmp_path_factory, shakespeare_path):
 def test_train_cli_runs_end_to_end(trained):
     out, result = trained
     assert result.returncode == 0, result.stderr
-    assert "826,368 parameters" in result.stdout  # the lab's config: d 128, 4 layers, 4 heads
+    assert "1,024,640 parameters" in result.stdout  # d 128, 4 heads, 5 layers (the lab's has 4)
     assert "step     5/5" in result.stdout and "tok/s" in result.stdout and "ETA" in result.stdout
     assert "val loss" in result.stdout and "val perplexity" in result.stdout
     history = json.loads((out / "history.json").read_text())
@@ -43,7 +43,7 @@ def test_train_cli_runs_end_to_end(trained):
     assert (out / "best.npz").is_file()
     model, tok, meta, opt = load_checkpoint(out / "ckpt.npz")
     assert meta["step"] == 5 and int(opt["t"]) == 5
-    assert model.config.d_model == 128 and model.config.n_layers == 4
+    assert model.config.d_model == 128 and model.config.n_layers == 5
     assert meta["extra"]["args"]["batch_size"] == 64 and meta["extra"]["args"]["seq_len"] == 128
 
 
