@@ -2,30 +2,25 @@
 
 The kernels read the packed projection qkv (B, T, 3C) = [q | k | v] and write out (B, T, C)
 in place: head h of a row is the D = C / H columns starting at h * D, so no head is ever
-copied into a (B, H, T, D) array. Rows of one head are therefore 3C (or C) elements apart;
-every BLAS call below takes that row stride as its leading dimension.
-One prange work item per (batch, head) pair, with a per-thread (T, T) scratch matrix (two in
-the backward). Query row t only ever touches keys 0..t, so the (T, T) matrices are handled in
-bands of TILE rows: band r0..r1 needs keys 0..r1 only. Each product is one BLAS gemm per band
-(scipy.linalg.cython_blas); the part of the diagonal tile above the diagonal is computed but
-then overwritten with zeros, so the products with P and dS never see it. For T = 128 that is
-1.5x the arithmetic of the exact triangle and 0.75x that of the full square, in two calls per
-product; at these sizes BLAS spends more time packing operands than multiplying, and fewer,
-larger calls won (at one thread, 64-row bands were about 5% faster than 32, 128 about 20%
-slower).
+copied into a (B, H, T, D) array. Rows of one head are therefore 3C (or C) elements apart.
+One prange work item per (batch, head) pair, with per-thread scratch: the (T, T) score matrix
+(two in the backward) and k^T (and v^T), copied once per head.
+
+Every product is one small hand-written kernel, tg_gemm (below): c (m, n) = a (m, k) @ b (k, n),
+MR rows of c at a time held in SIMD registers. At these sizes (T <= a few hundred, D = 32) a
+BLAS gemm spends more time packing its operands than multiplying. The kernel reads a through a
+row and a column stride, so P^T and dS^T are read in place, and b row by row; k^T and v^T are
+copied so that the score products read b along its rows too. Query row t only touches keys
+0..t, so the score products stop at the MR-row block's last key, and the entries of that block
+above the diagonal are set to zero before anything multiplies them.
 The forward keeps only lse, the log-sum-exp of each row of scaled scores; the backward rebuilds
 the probabilities from q, k and lse (flash-attention style) and uses
 sum_j P[t, j] dP[t, j] = dout[t] . out[t].
-
-BLAS runs single-threaded inside these calls (threadpoolctl): the parallelism is over heads.
 """
 import numpy as np
 
-from tinygpt.blas_threads import one_blas_thread
-
 from libc.math cimport sqrt
 from libc.stdlib cimport free, malloc
-from scipy.linalg.cython_blas cimport dgemm, sgemm
 
 from cython cimport floating
 from cython.parallel cimport parallel, prange
@@ -34,120 +29,193 @@ from kernel_checks cimport (float_arrays, check_ndim, check_shape, out_arrays, p
                             thread_count)
 from kernel_math cimport exp_shifted_sum, flog, row_dot, row_max
 
+cdef extern from *:
+    """
+    /* c (m, n) = a (m, k) @ b (k, n). a[i, p] is a[i * ars + p * acs]; b's rows are ldb apart
+       and c's ldc apart, both contiguous. MR rows of c at a time, in NR-column blocks of
+       2 SIMD vectors (GCC vector extensions); rows past m read row m - 1 again and are not
+       stored, columns past the last whole block are summed one at a time. Each c[i, j] is
+       summed over p in order, so results do not depend on how rows are shared out. */
+    #define TG_MR 6
+    #define TG_DEFINE_GEMM(NAME, TYPE)                                                        \\
+    typedef TYPE NAME##_vec __attribute__((vector_size(32)));                                \\
+    TG_DISPATCH                                                                               \\
+    static void NAME(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const TYPE* a, Py_ssize_t ars, \\
+                     Py_ssize_t acs, const TYPE* b, Py_ssize_t ldb, TYPE* c, Py_ssize_t ldc) { \\
+        enum { W = 32 / sizeof(TYPE), NR = 2 * W };                                           \\
+        for (Py_ssize_t i0 = 0; i0 < m; i0 += TG_MR) {                                        \\
+            Py_ssize_t rows = m - i0 < TG_MR ? m - i0 : TG_MR;                                \\
+            const TYPE* ar[TG_MR];                                                            \\
+            for (int r = 0; r < TG_MR; r++)                                                   \\
+                ar[r] = a + (r < rows ? i0 + r : m - 1) * ars;                                \\
+            Py_ssize_t j0 = 0;                                                                \\
+            for (; j0 + NR <= n; j0 += NR) {                                                  \\
+                NAME##_vec acc[TG_MR][2];                                                     \\
+                for (int r = 0; r < TG_MR; r++)                                               \\
+                    acc[r][0] = acc[r][1] = (NAME##_vec){0};                                  \\
+                for (Py_ssize_t p = 0; p < k; p++) {                                          \\
+                    NAME##_vec b0, b1;                                                        \\
+                    memcpy(&b0, b + p * ldb + j0, sizeof b0);                                 \\
+                    memcpy(&b1, b + p * ldb + j0 + W, sizeof b1);                             \\
+                    for (int r = 0; r < TG_MR; r++) {                                         \\
+                        TYPE x = ar[r][p * acs];                                              \\
+                        acc[r][0] += x * b0;                                                  \\
+                        acc[r][1] += x * b1;                                                  \\
+                    }                                                                         \\
+                }                                                                             \\
+                for (int r = 0; r < rows; r++)                                                \\
+                    memcpy(c + (i0 + r) * ldc + j0, acc[r], sizeof acc[r]);                   \\
+            }                                                                                 \\
+            for (; j0 < n; j0++)                                                              \\
+                for (int r = 0; r < rows; r++) {                                              \\
+                    TYPE sum = 0;                                                             \\
+                    for (Py_ssize_t p = 0; p < k; p++)                                        \\
+                        sum += ar[r][p * acs] * b[p * ldb + j0];                              \\
+                    c[(i0 + r) * ldc + j0] = sum;                                             \\
+                }                                                                             \\
+        }                                                                                     \\
+    }
+    TG_DEFINE_GEMM(tg_gemm_f, float)
+    TG_DEFINE_GEMM(tg_gemm_d, double)
+    """
+    enum: TG_MR
+    void tg_gemm_f(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const float* a, Py_ssize_t ars,
+                   Py_ssize_t acs, const float* b, Py_ssize_t ldb, float* c,
+                   Py_ssize_t ldc) noexcept nogil
+    void tg_gemm_d(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const double* a, Py_ssize_t ars,
+                   Py_ssize_t acs, const double* b, Py_ssize_t ldb, double* c,
+                   Py_ssize_t ldc) noexcept nogil
+
 
 cdef enum:
-    TILE = 64  # rows per band of the causal triangle (see above)
+    PAD = 16  # score rows are padded to a multiple of this: whole column blocks of tg_gemm
 
 
-cdef inline void gemm(bint trans_a, bint trans_b, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
-                      floating alpha, const floating* a, Py_ssize_t lda, const floating* b,
-                      Py_ssize_t ldb, floating* c, Py_ssize_t ldc) noexcept nogil:
-    """Row-major c (m, n) = alpha * op(a) @ op(b), op(x) = x or x^T, through column-major BLAS
-    (which sees every row-major matrix as its transpose: c^T = op(b)^T op(a)^T)."""
-    cdef int m_ = <int>m, n_ = <int>n, k_ = <int>k, lda_ = <int>lda, ldb_ = <int>ldb
-    cdef int ldc_ = <int>ldc
-    cdef char* ta = "T" if trans_a else "N"
-    cdef char* tb = "T" if trans_b else "N"
-    cdef floating beta = 0
+cdef inline void gemm(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const floating* a,
+                      Py_ssize_t ars, Py_ssize_t acs, const floating* b, Py_ssize_t ldb,
+                      floating* c, Py_ssize_t ldc) noexcept nogil:
+    """c (m, n) = a (m, k) @ b (k, n), a[i, p] = a[i * ars + p * acs]; see tg_gemm."""
     if floating is float:
-        sgemm(tb, ta, &n_, &m_, &k_, &alpha, <float*>b, &ldb_, <float*>a, &lda_, &beta, c, &ldc_)
+        tg_gemm_f(m, n, k, a, ars, acs, b, ldb, c, ldc)
     else:
-        dgemm(tb, ta, &n_, &m_, &k_, &alpha, <double*>b, &ldb_, <double*>a, &lda_, &beta, c,
-              &ldc_)
+        tg_gemm_d(m, n, k, a, ars, acs, b, ldb, c, ldc)
 
 
-cdef void banded_abt(const floating* a, Py_ssize_t lda, const floating* b, Py_ssize_t ldb,
-                     Py_ssize_t T, Py_ssize_t D, floating alpha, floating* s) noexcept nogil:
-    """s (T, T) = alpha * a (T, D) @ b (T, D)^T on and below the diagonal, band by band (rows
-    r0..r1 against columns 0..r1); rows of a and b are lda and ldb apart. Entries right of a
-    band's last column are not written."""
-    cdef Py_ssize_t band, r0, r1
-    for band in range((T + TILE - 1) // TILE):
-        r0 = band * TILE
-        r1 = min(r0 + TILE, T)
-        gemm(False, True, r1 - r0, r1, D, alpha, a + r0 * lda, lda, b, ldb, s + r0 * T, T)
+cdef inline Py_ssize_t block_end(Py_ssize_t t, Py_ssize_t T) noexcept nogil:
+    """One past the last key of row t's block of TG_MR rows (what the products read)."""
+    return min((t // TG_MR + 1) * TG_MR, T)
 
 
-cdef void lower_times(const floating* l, Py_ssize_t T, Py_ssize_t D, floating alpha,
+cdef inline Py_ssize_t padded(Py_ssize_t n) noexcept nogil:
+    return (n + PAD - 1) // PAD * PAD
+
+
+cdef void transpose_scaled(const floating* x, Py_ssize_t ldx, Py_ssize_t T, Py_ssize_t D,
+                           floating alpha, floating* xt, Py_ssize_t ldt) noexcept nogil:
+    """xt (D, ldt) = alpha * x (T, D)^T, rows of x ldx apart; columns T..ldt of xt set to 0."""
+    cdef Py_ssize_t t, d
+    for d in range(D):
+        for t in range(T):
+            xt[d * ldt + t] = alpha * x[t * ldx + d]
+        for t in range(T, ldt):
+            xt[d * ldt + t] = 0
+
+
+cdef void causal_scores(const floating* a, Py_ssize_t lda, const floating* bt, Py_ssize_t T,
+                        Py_ssize_t Tp, Py_ssize_t D, floating* s) noexcept nogil:
+    """s (T, Tp) = a (T, D) @ bt (D, Tp), rows of a lda apart, block by block of TG_MR rows,
+    each up to its last key (rounded up to whole column blocks). Later columns are not
+    written."""
+    cdef Py_ssize_t blk, i0
+    for blk in range((T + TG_MR - 1) // TG_MR):
+        i0 = blk * TG_MR
+        gemm(min(TG_MR, T - i0), min(padded(i0 + TG_MR), Tp), D, a + i0 * lda, lda, 1, bt, Tp,
+             s + i0 * Tp, Tp)
+
+
+cdef void lower_times(const floating* l, Py_ssize_t T, Py_ssize_t Tp, Py_ssize_t D,
                       const floating* x, Py_ssize_t ldx, floating* y, Py_ssize_t ldy) noexcept nogil:
-    """y (T, D) = alpha * L @ x, L the lower triangle of l (T, T) as banded_abt leaves it (zeros
-    above the diagonal inside each band's last tile); rows of x and y ldx and ldy apart."""
-    cdef Py_ssize_t band, r0, r1
-    for band in range((T + TILE - 1) // TILE):
-        r0 = band * TILE
-        r1 = min(r0 + TILE, T)
-        gemm(False, False, r1 - r0, D, r1, alpha, l + r0 * T, T, x, ldx, y + r0 * ldy, ldy)
+    """y (T, D) = L @ x, L the lower triangle of l (T, Tp) as the callers leave it (zeros above
+    the diagonal up to each block's end); rows of x and y ldx and ldy apart."""
+    cdef Py_ssize_t blk, i0
+    for blk in range((T + TG_MR - 1) // TG_MR):
+        i0 = blk * TG_MR
+        gemm(min(TG_MR, T - i0), D, block_end(i0, T), l + i0 * Tp, Tp, 1, x, ldx, y + i0 * ldy,
+             ldy)
 
 
-cdef void lower_t_times(const floating* l, Py_ssize_t T, Py_ssize_t D, floating alpha,
+cdef void lower_t_times(const floating* l, Py_ssize_t T, Py_ssize_t Tp, Py_ssize_t D,
                         const floating* x, Py_ssize_t ldx, floating* y,
                         Py_ssize_t ldy) noexcept nogil:
-    """y (T, D) = alpha * L^T @ x, with L as in lower_times: rows c0..c1 of y take rows c0..T of
-    L's columns c0..c1 (what lies above row c0 in them is zero)."""
-    cdef Py_ssize_t band, c0, c1
-    for band in range((T + TILE - 1) // TILE):
-        c0 = band * TILE
-        c1 = min(c0 + TILE, T)
-        gemm(True, False, c1 - c0, D, T - c0, alpha, l + c0 * T + c0, T, x + c0 * ldx, ldx,
-             y + c0 * ldy, ldy)
-
-
-cdef inline Py_ssize_t band_end(Py_ssize_t t, Py_ssize_t T) noexcept nogil:
-    """One past the last column that row t's band computes."""
-    return min((t // TILE + 1) * TILE, T)
+    """y (T, D) = L^T @ x, L as in lower_times: rows j0.. of y take rows j0..T of L (above row
+    j0, L's columns j0..j0 + TG_MR are zero)."""
+    cdef Py_ssize_t blk, j0
+    for blk in range((T + TG_MR - 1) // TG_MR):
+        j0 = blk * TG_MR
+        gemm(min(TG_MR, T - j0), D, T - j0, l + j0 * Tp + j0, 1, Tp, x + j0 * ldx, ldx,
+             y + j0 * ldy, ldy)
 
 
 cdef void forward_head(const floating* q, Py_ssize_t ldq, Py_ssize_t T, Py_ssize_t C,
                        Py_ssize_t D, floating scale, floating* out, Py_ssize_t ldo,
-                       floating* lse, floating* p) noexcept nogil:
+                       floating* lse, floating* scratch) noexcept nogil:
     """One head: q, and k = q + C, v = q + 2C, (T, D) with rows ldq apart; out (T, D) with rows
-    ldo apart; lse (T,); p is scratch (T, T) for the probabilities."""
-    cdef Py_ssize_t t, j, n
+    ldo apart; lse (T,); scratch holds (T + D) * padded(T) for p and k^T."""
+    cdef Py_ssize_t t, j, n, Tp = padded(T)
     cdef floating m, z
     cdef floating* pt
-    banded_abt(q, ldq, q + C, ldq, T, D, scale, p)
+    cdef floating* p = scratch
+    cdef floating* kt = scratch + T * Tp
+    transpose_scaled(q + C, ldq, T, D, scale, kt, Tp)
+    causal_scores(q, ldq, kt, T, Tp, D, p)
     for t in range(T):
         n = t + 1
-        pt = p + t * T
+        pt = p + t * Tp
         m = row_max(pt, n)
         z = exp_shifted_sum(pt, pt, n, m)
         lse[t] = m + flog(z)
         for j in range(n):
             pt[j] = pt[j] / z
-        for j in range(n, band_end(t, T)):
+        for j in range(n, block_end(t, T)):
             pt[j] = 0
-    lower_times(p, T, D, 1, q + 2 * C, ldq, out, ldo)  # out = P @ v
+    lower_times(p, T, Tp, D, q + 2 * C, ldq, out, ldo)  # out = P @ v
 
 
 cdef void backward_head(const floating* dout, const floating* q, const floating* out,
                         Py_ssize_t ldq, Py_ssize_t ldo, const floating* lse, Py_ssize_t T,
                         Py_ssize_t C, Py_ssize_t D, floating scale, floating* dq,
-                        floating* p) noexcept nogil:
+                        floating* scratch) noexcept nogil:
     """One head: q (k = q + C, v = q + 2C) and dq (dk = dq + C, dv = dq + 2C) have rows ldq
-    apart, dout and out rows ldo apart, all (T, D); lse (T,); p is scratch (2, T, T)."""
-    cdef Py_ssize_t t, j, n
+    apart, dout and out rows ldo apart, all (T, D); lse (T,); scratch holds
+    2 (T + D) padded(T) for p, ds, k^T and v^T."""
+    cdef Py_ssize_t t, j, n, Tp = padded(T)
     cdef floating rd
     cdef floating* pt
     cdef floating* dst
-    cdef floating* ds = p + T * T
+    cdef floating* p = scratch
+    cdef floating* ds = p + T * Tp
+    cdef floating* kt = ds + T * Tp
+    cdef floating* vt = kt + D * Tp
     cdef const floating* k = q + C
     cdef const floating* v = q + 2 * C
-    banded_abt(q, ldq, k, ldq, T, D, scale, p)
-    banded_abt(dout, ldo, v, ldq, T, D, 1, ds)  # dP = dout @ v^T, turned into dS below
+    transpose_scaled(k, ldq, T, D, scale, kt, Tp)
+    transpose_scaled(v, ldq, T, D, 1, vt, Tp)
+    causal_scores(q, ldq, kt, T, Tp, D, p)
+    causal_scores(dout, ldo, vt, T, Tp, D, ds)  # dP = dout @ v^T, turned into dS below
     for t in range(T):
         n = t + 1
-        pt = p + t * T
-        dst = ds + t * T
+        pt = p + t * Tp
+        dst = ds + t * Tp
         rd = row_dot(dout + t * ldo, out + t * ldo, D)  # = sum_j P[t, j] * dP[t, j]
         exp_shifted_sum(pt, pt, n, lse[t])  # P[t, :n]
         for j in range(n):
-            dst[j] = pt[j] * (dst[j] - rd)
-        for j in range(n, band_end(t, T)):
+            dst[j] = scale * pt[j] * (dst[j] - rd)  # scale * dS: both of its products need it
+        for j in range(n, block_end(t, T)):
             pt[j] = 0
             dst[j] = 0
-    lower_t_times(p, T, D, 1, dout, ldo, dq + 2 * C, ldq)  # dv = P^T @ dout
-    lower_times(ds, T, D, scale, k, ldq, dq, ldq)          # dq = scale * dS @ k
-    lower_t_times(ds, T, D, scale, q, ldq, dq + C, ldq)    # dk = scale * dS^T @ q
+    lower_t_times(p, T, Tp, D, dout, ldo, dq + 2 * C, ldq)  # dv = P^T @ dout
+    lower_times(ds, T, Tp, D, k, ldq, dq, ldq)              # dq = scale * dS @ k
+    lower_t_times(ds, T, Tp, D, q, ldq, dq + C, ldq)        # dk = scale * dS^T @ q
 
 
 cdef int forward_impl(const floating[:, :, ::1] qkv, floating[:, :, ::1] out,
@@ -159,7 +227,7 @@ cdef int forward_impl(const floating[:, :, ::1] qkv, floating[:, :, ::1] out,
     cdef floating* p = NULL
     cdef int failed = 0
     with nogil, parallel(num_threads=n_threads):
-        p = <floating*>malloc(T * T * sizeof(floating))
+        p = <floating*>malloc((T + D) * padded(T) * sizeof(floating))
         for bh in prange(B * H, schedule='static'):
             b = bh // H
             h = bh % H
@@ -182,7 +250,7 @@ cdef int backward_impl(const floating[:, :, ::1] dout, const floating[:, :, ::1]
     cdef floating* p = NULL
     cdef int failed = 0
     with nogil, parallel(num_threads=n_threads):
-        p = <floating*>malloc(2 * T * T * sizeof(floating))
+        p = <floating*>malloc(2 * (T + D) * padded(T) * sizeof(floating))
         for bh in prange(B * H, schedule='static'):
             b = bh // H
             h = bh % H
@@ -205,8 +273,6 @@ def _check_heads(qkv, n_heads):
     C = C3 // 3
     if C % H:
         raise ValueError(f"C = {C} must be divisible by n_heads = {H}")
-    if T >= 2**31 or C3 >= 2**31:
-        raise ValueError(f"T and 3C must be below 2**31 (BLAS integers), got shape {qkv.shape}")
     return B, T, C, H
 
 
@@ -219,11 +285,10 @@ def attention_forward(qkv, n_heads, n_threads, out=None):
     out, lse = out_arrays(("out", "lse"), out, ((B, T, C), (B, H, T)), qkv.dtype)
     if qkv.size == 0:
         return out, lse
-    with one_blas_thread():
-        if qkv.dtype == np.float32:
-            status = forward_impl[float](qkv, out, lse, nt)
-        else:
-            status = forward_impl[double](qkv, out, lse, nt)
+    if qkv.dtype == np.float32:
+        status = forward_impl[float](qkv, out, lse, nt)
+    else:
+        status = forward_impl[double](qkv, out, lse, nt)
     if status:
         raise MemoryError("attention_forward: could not allocate scratch memory")
     return out, lse
@@ -241,11 +306,10 @@ def attention_backward(dout, qkv, att, lse, n_heads, n_threads, out=None):
     (dqkv,) = out_arrays(("dqkv",), out, (qkv.shape,), qkv.dtype)
     if qkv.size == 0:
         return dqkv
-    with one_blas_thread():
-        if qkv.dtype == np.float32:
-            status = backward_impl[float](dout, qkv, att, lse, dqkv, nt)
-        else:
-            status = backward_impl[double](dout, qkv, att, lse, dqkv, nt)
+    if qkv.dtype == np.float32:
+        status = backward_impl[float](dout, qkv, att, lse, dqkv, nt)
+    else:
+        status = backward_impl[double](dout, qkv, att, lse, dqkv, nt)
     if status:
         raise MemoryError("attention_backward: could not allocate scratch memory")
     return dqkv

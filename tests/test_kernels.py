@@ -107,7 +107,7 @@ def test_attention_parity(dtype, n_threads, seed, b, h, t, d):
 def test_attention_is_causal():
     """Changing key/value t never changes the output rows before t."""
     rng = np.random.default_rng(0)
-    qkv = normal(rng, (1, 150, 3 * 16), np.float32)  # 2 heads of 8, three 64-row bands
+    qkv = normal(rng, (1, 150, 3 * 16), np.float32)  # 2 heads of 8, row blocks and column blocks cut mid-way
     out, _ = _attention.attention_forward(qkv, 2, 2)
     for t in (30, 64, 100):
         changed = qkv.copy()
