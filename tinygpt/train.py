@@ -123,14 +123,14 @@ class _Run:
                                           seed=self.args.seed + self.trainer.step)
         return self.tokenizer.decode(out)
 
-    def save(self, name="ckpt.npz"):
-        """Checkpoint, history and loss plot, each written atomically."""
+    def save(self, name="ckpt.npz", plot=True):
+        """Checkpoint, history and (if ``plot``) loss plot, each written atomically."""
         t = self.trainer
         save_checkpoint(self.out / name, t.model, self.tokenizer, t.optimizer, t.step,
                         extra={"args": vars(self.args), "trainer": t.state()})
         if name == "ckpt.npz":
             atomic_write_text(self.out / "history.json", json.dumps(t.history, indent=1))
-            if t.history["step"]:
+            if plot and t.history["step"]:
                 plot_history(t.history, self.out / "loss.png")
 
     def add_sample(self, header, text):
@@ -148,7 +148,7 @@ class _Run:
             if info["val_loss"] <= min(history["val_loss"]):
                 self.save("best.npz")
         if step % self.args.checkpoint_interval == 0 or "val_loss" in info:
-            self.save()
+            self.save(plot="val_loss" in info)  # plotting takes ~0.5 s: only at evaluations
 
 
 def _handle_sigint(trainer):
