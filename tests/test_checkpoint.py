@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from tinygpt import CharTokenizer, CheckpointError, TinyGPT, load_checkpoint, save_checkpoint
-from tinygpt.optim import AdamW
+from tinygpt.optim import AdamW, WeightAverage
 
 
 def make():
@@ -30,6 +30,20 @@ def test_round_trip_gives_identical_logits_and_optimizer_state(tmp_path):
     assert int(opt_state["t"]) == 1
     with np.load(path, allow_pickle=False) as f:  # loadable without pickle
         assert "params" in f.files
+
+
+def test_with_a_weight_average_params_are_the_average_and_the_trained_weights_ride_along(tmp_path):
+    model, tok = make()
+    opt = AdamW(model.params, model.grads, model.decay_mask())
+    average = WeightAverage(model.params, 0.5)
+    model.params += 1.0
+    average.update()
+    path = tmp_path / "ckpt.npz"
+    save_checkpoint(path, model, tok, opt, average=average)
+    loaded, _, _, opt_state = load_checkpoint(path)
+    np.testing.assert_array_equal(loaded.params, average.avg)
+    np.testing.assert_array_equal(opt_state["trained_params"], model.params)
+    assert int(opt_state["average_t"]) == 1 and not np.array_equal(average.avg, model.params)
 
 
 def test_missing_checkpoint_is_a_clear_error(tmp_path):

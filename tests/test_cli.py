@@ -60,7 +60,7 @@ def small_text(tmp_path_factory, shakespeare_text):
 
 def test_interrupt_saves_a_checkpoint_and_resume_matches_an_uninterrupted_run(tmp_path, small_text):
     common = ["--data", str(small_text), "--max-steps", "300", "--eval-interval", "100",
-              "--dropout", "0.1", *SMALL]  # with dropout: its masks must also replay exactly
+              "--dropout", "0.1", "--ema-decay", "0.9", *SMALL]  # masks and average must replay
     straight = run("tinygpt.train", *common, "--out-dir", str(tmp_path / "straight"))
     assert straight.returncode == 0, straight.stderr
 
@@ -86,6 +86,8 @@ def test_interrupt_saves_a_checkpoint_and_resume_matches_an_uninterrupted_run(tm
     assert final[2]["step"] == 300
     np.testing.assert_array_equal(final[0].params, expected[0].params)
     np.testing.assert_array_equal(final[3]["v"], expected[3]["v"])
+    np.testing.assert_array_equal(final[3]["trained_params"], expected[3]["trained_params"])
+    assert not np.array_equal(final[3]["trained_params"], final[0].params)  # params: the average
     assert final[2]["extra"]["trainer"]["history"]["train_loss"] == \
         expected[2]["extra"]["trainer"]["history"]["train_loss"]
 

@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from tinygpt.optim import AdamW, clip_grad_norm, lr_at
+from tinygpt.optim import AdamW, WeightAverage, clip_grad_norm, lr_at
 
 
 def test_adamw_matches_the_textbook_update():
@@ -43,6 +43,33 @@ def test_adamw_rejects_bad_settings():
         AdamW(np.ones(3), np.ones(3), np.ones(3), weight_decay=-1)
     with pytest.raises(ValueError):
         AdamW(np.ones(3), np.ones(3), np.ones(3), betas=(1.0, 0.9))
+
+
+def test_weight_average_follows_its_formula_and_swaps_in_and_out():
+    rng = np.random.default_rng(0)
+    params = rng.normal(size=20)
+    average = WeightAverage(params, 0.95)
+    expected = params.copy()
+    for t in range(1, 40):
+        params[...] = rng.normal(size=20)
+        average.update()
+        d = min(0.95, (1 + t) / (10 + t))  # 0.95 only from t = 170 on: early updates count more
+        expected = d * expected + (1 - d) * params
+    np.testing.assert_allclose(average.avg, expected, rtol=1e-12)
+    trained = params.copy()
+    with pytest.raises(RuntimeError):
+        with average.applied():
+            np.testing.assert_array_equal(params, average.avg)
+            raise RuntimeError("the trained weights must come back even so")
+    np.testing.assert_array_equal(params, trained)
+    other = WeightAverage(params, 0.95)
+    other.load_state(average.avg, average.t)
+    assert other.t == 39 and np.array_equal(other.avg, average.avg)
+    for bad in (0.0, 1.0, 1.5):
+        with pytest.raises(ValueError, match="decay"):
+            WeightAverage(params, bad)
+    with pytest.raises(ValueError, match="shape"):
+        other.load_state(np.ones(3), 1)
 
 
 def test_schedule_warms_up_linearly_then_decays_to_a_tenth():

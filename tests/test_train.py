@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from tinygpt import CharTokenizer, TinyGPT, train_model
+from tinygpt import CharTokenizer, TinyGPT, Trainer, evaluate, train_model
 from tinygpt.data import split
 
 
@@ -46,6 +46,29 @@ def test_same_seed_gives_the_same_run():
         return model.params
 
     np.testing.assert_array_equal(run(), run())
+
+
+def test_the_weight_average_is_what_is_evaluated_and_what_train_model_leaves():
+    tokens = np.random.default_rng(0).integers(0, 5, 2000)
+    train, val = tokens[:1500], tokens[1500:]
+
+    def fresh():
+        return TinyGPT(5, d_model=8, n_heads=2, n_layers=1, max_seq_len=16)
+
+    options = dict(epochs=1, batch_size=4, seq_len=16, lr=1e-2, val_data=val, max_steps=20,
+                   ema_decay=0.8)
+    trainer = Trainer(fresh(), train, **options)
+    history = trainer.run()
+    trained = trainer.model.params.copy()
+    assert not np.array_equal(trainer.average.avg, trained)
+    with trainer.eval_weights():
+        assert evaluate(trainer.model, val, 4, 16) == history["val_loss"][-1]
+    np.testing.assert_array_equal(trainer.model.params, trained)
+    assert evaluate(trainer.model, val, 4, 16) != history["val_loss"][-1]
+
+    model = fresh()
+    assert train_model(model, train, **options)["val_loss"] == history["val_loss"]
+    np.testing.assert_array_equal(model.params, trainer.average.avg)
 
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")

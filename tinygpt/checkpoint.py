@@ -17,8 +17,12 @@ class CheckpointError(ValueError):
     """A checkpoint file that exists but cannot be read as a tinygpt checkpoint."""
 
 
-def save_checkpoint(path, model, tokenizer, optimizer=None, step=0, extra=None):
-    """Write model + tokenizer (+ optimizer state, step, ``extra`` JSON-able dict) atomically."""
+def save_checkpoint(path, model, tokenizer, optimizer=None, step=0, extra=None, average=None):
+    """Write model + tokenizer (+ optimizer state, step, ``extra`` JSON-able dict) atomically.
+
+    With a WeightAverage, the checkpoint's parameters are the average (what sampling uses) and
+    the trained weights go with the optimizer state (what a resumed run continues from).
+    """
     meta = {
         "format_version": FORMAT_VERSION,
         "config": {k: float(v) if k == "dropout" else int(v)
@@ -30,10 +34,12 @@ def save_checkpoint(path, model, tokenizer, optimizer=None, step=0, extra=None):
     arrays = {
         "meta": np.array(json.dumps(meta)),
         "vocab": np.array("".join(tokenizer.chars)),
-        "params": model.params,
+        "params": model.params if average is None else average.avg,
     }
     if optimizer is not None:
         arrays.update({f"optim_{k}": v for k, v in optimizer.state().items()})
+    if average is not None:
+        arrays.update(optim_trained_params=model.params, optim_average_t=np.int64(average.t))
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
     atomic_write_bytes(path, buffer.getvalue())

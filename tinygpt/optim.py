@@ -1,5 +1,7 @@
-"""AdamW over one flat parameter buffer, the learning-rate schedule, and gradient clipping."""
+"""AdamW over one flat parameter buffer, the weight average, the learning-rate schedule, and
+gradient clipping."""
 import math
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -59,6 +61,46 @@ class AdamW:
                                  f"expected {self.params.shape}")
             getattr(self, name)[...] = state[name]
         self.t = int(state["t"])
+
+
+class WeightAverage:
+    """Exponential moving average of the flat parameter buffer: the weights to evaluate and ship.
+
+    ``update`` after each optimizer step: avg += (1 - d) (params - avg) with
+    d = min(decay, (1 + t) / (10 + t)) at update t, so the average forgets the random
+    initialization within the first few dozen steps. Training itself continues on ``params``.
+    """
+
+    def __init__(self, params, decay):
+        if not 0.0 < decay < 1.0:
+            raise ValueError(f"the weight average's decay must lie in (0, 1), got {decay}")
+        self.params, self.decay = params, float(decay)
+        self.avg = params.copy()
+        self.t = 0
+        self._scratch = np.empty_like(params)
+
+    def update(self):
+        self.t += 1
+        d = min(self.decay, (1 + self.t) / (10 + self.t))
+        np.subtract(self.params, self.avg, out=self._scratch)
+        self._scratch *= 1.0 - d
+        self.avg += self._scratch
+
+    @contextmanager
+    def applied(self):
+        """Inside the block ``params`` holds the average; the trained weights come back after."""
+        trained = self.params.copy()
+        self.params[...] = self.avg
+        try:
+            yield
+        finally:
+            self.params[...] = trained
+
+    def load_state(self, avg, t):
+        if avg.shape != self.params.shape:
+            raise ValueError(f"weight average has shape {avg.shape}, expected {self.params.shape}")
+        self.avg[...] = avg
+        self.t = int(t)
 
 
 def lr_at(step, base_lr, warmup_steps, total_steps, min_ratio=0.1):

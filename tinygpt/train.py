@@ -43,6 +43,9 @@ def build_parser():
     _flag(p, "lr", type=float, default=4e-3,
           help="peak learning rate (the lab suggests 1e-3; 4e-3 reaches a lower val loss in the "
           "same time, see README)")
+    _flag(p, "ema-decay", type=float, default=0.0,
+          help="evaluate, sample and save a moving average of the weights with this decay "
+          "(0: off)")
     _flag(p, "warmup-steps", type=int, default=100)
     _flag(p, "weight-decay", type=float, default=0.1)
     _flag(p, "max-grad-norm", type=float, default=1.0)
@@ -119,15 +122,16 @@ class _Run:
 
     def sample(self, n_tokens, temperature=0.8):
         prompt = np.array(_encode_prompt(self.tokenizer, self.args.prompt))
-        out = self.trainer.model.generate(prompt, n_tokens, temperature=temperature,
-                                          seed=self.args.seed + self.trainer.step)
+        with self.trainer.eval_weights():
+            out = self.trainer.model.generate(prompt, n_tokens, temperature=temperature,
+                                              seed=self.args.seed + self.trainer.step)
         return self.tokenizer.decode(out)
 
     def save(self, name="ckpt.npz", plot=True):
         """Checkpoint, history and (if ``plot``) loss plot, each written atomically."""
         t = self.trainer
         save_checkpoint(self.out / name, t.model, self.tokenizer, t.optimizer, t.step,
-                        extra={"args": vars(self.args), "trainer": t.state()})
+                        extra={"args": vars(self.args), "trainer": t.state()}, average=t.average)
         if name == "ckpt.npz":
             atomic_write_text(self.out / "history.json", json.dumps(t.history, indent=1))
             if plot and t.history["step"]:
@@ -174,7 +178,8 @@ def _build(args):
     trainer = Trainer(model, train_ids, args.epochs, args.batch_size, args.seq_len, args.lr,
                       val_data=val_ids, warmup_steps=args.warmup_steps,
                       weight_decay=args.weight_decay, max_grad_norm=args.max_grad_norm,
-                      eval_interval=args.eval_interval, max_steps=args.max_steps, seed=args.seed)
+                      eval_interval=args.eval_interval, max_steps=args.max_steps, seed=args.seed,
+                      ema_decay=getattr(args, "ema_decay", 0.0))
     return trainer, tokenizer
 
 
@@ -189,8 +194,10 @@ def _resume(args):
     trainer, built_tokenizer = _build(saved)
     if built_tokenizer.chars != tokenizer.chars:
         raise ValueError(f"the data's vocabulary differs from the one in {path}")
-    trainer.model.params[...] = model.params
+    trainer.model.params[...] = optim.get("trained_params", model.params)
     trainer.optimizer.load_state(optim)
+    if trainer.average is not None:
+        trainer.average.load_state(model.params, optim.get("average_t", 0))
     trainer.load_state(meta["extra"]["trainer"])
     return saved, trainer, tokenizer
 

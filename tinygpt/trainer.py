@@ -1,4 +1,5 @@
 """Trainer and train_model(): the training loop, evaluation, and resumable data order."""
+import contextlib
 import math
 import time
 
@@ -6,7 +7,7 @@ import numpy as np
 
 from . import data, ops
 from .model import TinyGPT
-from .optim import AdamW, clip_grad_norm, lr_at
+from .optim import AdamW, WeightAverage, clip_grad_norm, lr_at
 
 
 def _positive_int(name, value, allow_none=False):
@@ -42,7 +43,7 @@ class Trainer:
 
     def __init__(self, model, train_data, epochs=10, batch_size=32, seq_len=64, lr=1e-3, *,
                  val_data=None, warmup_steps=100, weight_decay=0.01, max_grad_norm=1.0,
-                 eval_interval=None, max_steps=None, seed=0, callback=None):
+                 eval_interval=None, max_steps=None, seed=0, callback=None, ema_decay=0.0):
         if not isinstance(model, TinyGPT):
             raise TypeError(f"model must be a TinyGPT, got {type(model).__name__}")
         self.epochs = _positive_int("epochs", epochs)
@@ -70,6 +71,8 @@ class Trainer:
         self.model = model
         self.optimizer = AdamW(model.params, model.grads, model.decay_mask(),
                                weight_decay=_non_negative("weight_decay", weight_decay))
+        ema_decay = _non_negative("ema_decay", ema_decay)
+        self.average = WeightAverage(model.params, ema_decay) if ema_decay else None
         self.seed = seed
         self.rng = np.random.default_rng(seed)
         self.step = 0
@@ -135,8 +138,14 @@ class Trainer:
         grad_norm = clip_grad_norm(self.model.grads, self.max_grad_norm)
         lr = lr_at(self.step, self.lr, self.warmup_steps, self.total_steps)
         self.optimizer.step(lr)
+        if self.average is not None:
+            self.average.update()
         self.step += 1
         return loss, lr, grad_norm
+
+    def eval_weights(self):
+        """Context in which the model holds the weights to evaluate: the average, if kept."""
+        return self.average.applied() if self.average is not None else contextlib.nullcontext()
 
     def run(self):
         """Train until ``total_steps``; evaluate every ``eval_interval`` steps and at the end."""
@@ -156,7 +165,8 @@ class Trainer:
                     "grad_norm": grad_norm, "tokens_per_sec": tokens_per_sec}
             if self.val_data is not None and (self.step % self.eval_interval == 0
                                               or self.step == self.total_steps):
-                val_loss = evaluate(self.model, self.val_data, self.batch_size, self.seq_len)
+                with self.eval_weights():
+                    val_loss = evaluate(self.model, self.val_data, self.batch_size, self.seq_len)
                 h["eval_step"].append(self.step)
                 h["eval_seconds"].append(self.seconds_before + self._seconds_this_run())
                 h["val_loss"].append(val_loss)
@@ -173,8 +183,13 @@ def train_model(model, train_data, epochs=10, batch_size=32, seq_len=64, lr=1e-3
     One epoch is one pass over train_data in shuffled non-overlapping windows from a random
     offset. ``max_steps`` (if given) replaces the epoch count. Keyword options: val_data,
     warmup_steps=100, weight_decay=0.01, max_grad_norm=1.0, eval_interval (default: a tenth of
-    the run), max_steps, seed=0, callback (called with a dict after every step).
+    the run), max_steps, seed=0, callback (called with a dict after every step), ema_decay=0
+    (> 0: evaluate an exponential moving average of the weights, and leave it in the model).
     History keys: step, train_loss, lr, grad_norm, tokens_per_sec (per step) and eval_step,
     eval_seconds (training wall time so far), val_loss, val_perplexity (per evaluation).
     """
-    return Trainer(model, train_data, epochs, batch_size, seq_len, lr, **options).run()
+    trainer = Trainer(model, train_data, epochs, batch_size, seq_len, lr, **options)
+    history = trainer.run()
+    if trainer.average is not None:
+        model.params[...] = trainer.average.avg
+    return history
