@@ -44,7 +44,8 @@ def test_train_cli_runs_end_to_end(trained):
     model, tok, meta, opt = load_checkpoint(out / "ckpt.npz")
     assert meta["step"] == 5 and int(opt["t"]) == 5
     assert model.config.d_model == 128 and model.config.n_layers == 5
-    assert meta["extra"]["args"]["batch_size"] == 64 and meta["extra"]["args"]["seq_len"] == 128
+    assert meta["extra"]["args"]["batch_size"] == 16 and meta["extra"]["args"]["seq_len"] == 128
+    assert meta["extra"]["args"]["ema_decay"] == 0.998 and "trained_params" in opt
 
 
 SMALL = ["--d-model", "16", "--n-heads", "2", "--n-layers", "1", "--seq-len", "16",
