@@ -66,7 +66,7 @@ class Trainer:
         max_steps = _positive_int("max_steps", max_steps, allow_none=True)
         self.total_steps = max_steps if max_steps is not None else self.epochs * steps_per_epoch
         eval_interval = _positive_int("eval_interval", eval_interval, allow_none=True)
-        self.eval_interval = eval_interval or max(1, self.total_steps // 10)
+        self.eval_interval = eval_interval or math.ceil(self.total_steps / 10)
         self.callback = callback
         self.model = model
         self.optimizer = AdamW(model.params, model.grads, model.decay_mask(),
