@@ -91,6 +91,8 @@ def test_non_finite_loss_stops_the_run():
     (dict(weight_decay=-0.1), "weight_decay"),
     (dict(warmup_steps=-1), "warmup_steps"),
     (dict(max_grad_norm=-1.0), "max_grad_norm"),
+    (dict(ema_decay=-0.5), "ema_decay"),
+    (dict(ema_decay=1.0), "decay must lie in"),
 ])
 def test_bad_arguments_are_rejected(kwargs, match):
     tokens = np.random.default_rng(0).integers(0, 5, 500)
