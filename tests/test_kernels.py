@@ -95,8 +95,8 @@ def test_attention_parity(dtype, n_threads, seed, b, h, t, d):
     rng = np.random.default_rng(seed)
     qkv, dout = normal(rng, (b, t, 3 * h * d), dtype), normal(rng, (b, t, h * d), dtype)
     out, lse = _attention.attention_forward(qkv, h, n_threads)
-    # float32: each output sums up to T*D products, in BLAS's order (with FMA) rather than
-    # NumPy's, so the absolute tolerance is a few times looser than for the row-wise kernels
+    # float32: each output sums up to T*D products, in the kernel's order (with FMA where the
+    # CPU has it) rather than NumPy's, so the tolerance is a few times looser than row-wise ones
     assert_all_close((out, lse), ref.attention_forward(qkv, h), dtype, atol32=4e-6)
     ref_out, ref_lse = ref.attention_forward(qkv, h)
     dqkv = _attention.attention_backward(dout, qkv, ref_out, ref_lse, h, n_threads)
