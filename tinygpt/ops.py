@@ -73,8 +73,8 @@ def using_backend(name):
 def set_num_threads(n):
     """Threads for the compiled kernels and for BLAS outside them (an int >= 1).
 
-    The kernels that call BLAS from their OpenMP threads (linear, attention) hold it to one
-    thread there, so OpenMP and OpenBLAS threads never compete for the same cores.
+    The kernel that calls BLAS from its OpenMP threads (linear) holds it to one thread there,
+    so OpenMP and OpenBLAS threads never compete for the same cores.
     """
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
         raise ValueError(f"number of threads must be an integer >= 1, got {n!r}")
