@@ -1,4 +1,5 @@
 """The dispatch layer: backends, threads, input checks, and whole training steps across backends."""
+import json
 import os
 import subprocess
 import sys
@@ -30,11 +31,72 @@ def test_backend_and_thread_settings_are_checked():
             tinygpt.set_num_threads(bad)
 
 
+def run_python(code, env_changes=None):
+    """Run ``code`` in a fresh interpreter with default warning filters."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("PYTHONWARNINGS", "TINYGPT_BACKEND", "OMP_NUM_THREADS")}
+    env.update(env_changes or {})
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+
+
 def test_environment_chooses_backend_and_threads():
     code = "import tinygpt; print(tinygpt.get_backend(), tinygpt.get_num_threads())"
-    env = {**os.environ, "TINYGPT_BACKEND": "numpy", "OMP_NUM_THREADS": "3"}
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    out = run_python(code, {"TINYGPT_BACKEND": "numpy", "OMP_NUM_THREADS": "3"})
     assert out.stdout.split() == ["numpy", "3"], out.stderr
+
+
+def test_default_backend_is_auto_and_threads_follow_the_cpu_affinity():
+    # one CPU of this process's set: os.cpu_count() would still say every CPU of the machine
+    code = ("import os; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); import tinygpt; "
+            "print(tinygpt.get_backend(), tinygpt.get_num_threads())")
+    out = run_python(code)
+    assert out.stdout.split() == ["auto", "1"], out.stderr
+
+
+def test_op_backends_and_summary_follow_the_backend():
+    with ops.using_backend("numpy"):
+        assert set(ops.op_backends().values()) == {"numpy"}
+        assert ops.backend_summary() == "numpy (reference)"
+    for name in ("auto", "cython"):
+        with ops.using_backend(name):
+            assert ops.op_backends() == {op: "cython" for op in ops._KERNEL_MODULES}
+            n = len(ops._KERNEL_MODULES)
+            assert f"cython ({n} of {n} ops compiled)" in ops.backend_summary()
+
+
+WITHOUT_GELU = "import sys; sys.modules['tinygpt._gelu'] = None  # its import now fails\n"
+
+
+def test_a_missing_kernel_warns_once_and_its_ops_fall_back_to_numpy():
+    code = WITHOUT_GELU + (
+        "import json, tinygpt\n"
+        "try:\n"
+        "    tinygpt.set_backend('cython')\n"
+        "except RuntimeError as error:\n"
+        "    refused = str(error)\n"
+        "print(json.dumps({'backend': tinygpt.get_backend(), 'ops': tinygpt.op_backends(),\n"
+        "                  'summary': tinygpt.backend_summary(), 'refused': refused}))\n")
+    out = run_python(code)
+    assert out.returncode == 0, out.stderr
+    # shown under Python's default filters, once, with the module, its ops and the error
+    warned = [line for line in out.stderr.splitlines() if "Warning" in line]
+    assert len(warned) == 1, out.stderr
+    assert "RuntimeWarning" in warned[0] and "tinygpt._gelu" in warned[0]
+    assert "gelu_forward, gelu_backward" in warned[0] and "None in sys.modules" in warned[0]
+    result = json.loads(out.stdout)
+    assert result["backend"] == "auto"  # unchanged by the refused set_backend
+    assert {op for op, where in result["ops"].items() if where == "numpy"} == {
+        "gelu_forward", "gelu_backward"}
+    assert result["summary"] == ("auto: numpy for gelu_forward, gelu_backward (kernels missing); "
+                                 "cython for the other 7")
+    assert "tinygpt._gelu" in result["refused"] and "None in sys.modules" in result["refused"]
+
+
+def test_cython_backend_from_the_environment_refuses_to_import_without_a_kernel():
+    out = run_python(WITHOUT_GELU + "import tinygpt", {"TINYGPT_BACKEND": "cython"})
+    assert out.returncode != 0
+    assert "RuntimeError: backend 'cython' needs every compiled kernel" in out.stderr
+    assert "tinygpt._gelu (gelu_forward, gelu_backward): ModuleNotFoundError" in out.stderr
 
 
 def small_batch(vocab=13, B=3, T=17, seed=0):
@@ -47,12 +109,11 @@ def test_training_step_matches_between_backends(dtype, rtol):
     x, y = small_batch()
     results = {}
     for backend in ("numpy", "cython"):
-        ops.set_backend(backend)
-        model = TinyGPT(13, d_model=24, n_heads=3, n_layers=2, max_seq_len=17, dtype=dtype)
-        loss = model.loss(x, y)
-        model.backward()
+        with ops.using_backend(backend):
+            model = TinyGPT(13, d_model=24, n_heads=3, n_layers=2, max_seq_len=17, dtype=dtype)
+            loss = model.loss(x, y)
+            model.backward()
         results[backend] = loss, model.grads.copy()
-    ops.set_backend("cython")
     (loss_np, grads_np), (loss_cy, grads_cy) = results["numpy"], results["cython"]
     assert loss_cy == pytest.approx(loss_np, rel=rtol)
     scale = np.abs(grads_np).max()

@@ -1,19 +1,27 @@
 """One function per op: checks its input, then runs the compiled kernel or the NumPy reference.
 
-The backend is "cython" (the default; TINYGPT_BACKEND overrides it) or "numpy". An op whose
-kernel was not built runs on the reference. Kernel threads default to OMP_NUM_THREADS or the
-number of CPUs; ``set_num_threads`` changes them.
+Backends (TINYGPT_BACKEND sets the one at import):
+  "auto"    the default: each op on its compiled kernel where it was built, else the reference
+  "cython"  compiled kernels, required: choosing it with any kernel missing raises
+  "numpy"   the NumPy reference for every op
+
+A kernel module that fails to import warns once, at import, naming the ops that fall back.
+``op_backends`` and ``backend_summary`` say what each op really runs on. Kernel threads default
+to OMP_NUM_THREADS or the CPUs this process may run on; ``set_num_threads`` changes them.
 """
 import contextlib
 import importlib
 import os
+import warnings
 
 import numpy as np
 from threadpoolctl import threadpool_limits
 
 from . import reference
 
-BACKENDS = ("cython", "numpy")
+BACKENDS = ("auto", "cython", "numpy")
+_REBUILD = ("reinstall tinygpt so that its kernels build (`pip install -e .` in a checkout; "
+            "needs a C compiler)")
 _KERNEL_MODULES = {
     "layernorm_forward": "_layernorm",
     "layernorm_backward": "_layernorm",
@@ -27,19 +35,33 @@ _KERNEL_MODULES = {
 }
 
 
+def _ops_of(module_name):
+    return [op for op, module in _KERNEL_MODULES.items() if module == module_name]
+
+
 def _load_kernels():
-    """Map op name -> compiled function, for the kernels that were built."""
-    found = {}
-    for op, module_name in _KERNEL_MODULES.items():
+    """Import every kernel module, warning once for each that fails.
+
+    Returns (op name -> compiled function, module name -> its import error's text).
+    """
+    found, failed = {}, {}
+    for module_name in dict.fromkeys(_KERNEL_MODULES.values()):
         try:
             module = importlib.import_module(f"tinygpt.{module_name}")
-        except ImportError:
+        except ImportError as error:
+            failed[module_name] = f"{type(error).__name__}: {error}"
+            warnings.warn(
+                f"tinygpt: compiled kernel tinygpt.{module_name} failed to import "
+                f"({failed[module_name]}); {', '.join(_ops_of(module_name))} will run on the "
+                f"slower NumPy reference; {_REBUILD}",
+                RuntimeWarning, stacklevel=2)
             continue
-        found[op] = getattr(module, op)
-    return found
+        for op in _ops_of(module_name):
+            found[op] = getattr(module, op)
+    return found, failed
 
 
-_kernels = _load_kernels()
+_kernels, _kernel_errors = _load_kernels()
 _state = {"backend": None, "threads": None}
 
 
@@ -48,10 +70,20 @@ def available_kernels():
     return sorted(_kernels)
 
 
+def _missing_kernels_message():
+    lines = [f"  tinygpt.{module} ({', '.join(_ops_of(module))}): {error}"
+             for module, error in _kernel_errors.items()]
+    return ("backend 'cython' needs every compiled kernel, but these failed to import:\n"
+            + "\n".join(lines)
+            + f"\nChoose the backend 'auto' or 'numpy', or {_REBUILD}")
+
+
 def set_backend(name):
-    """Select "cython" (compiled kernels where built) or "numpy" (reference everywhere)."""
+    """Select "auto", "cython" (raises RuntimeError if any kernel is missing) or "numpy"."""
     if name not in BACKENDS:
         raise ValueError(f"unknown backend {name!r}; choose one of {BACKENDS}")
+    if name == "cython" and _kernel_errors:
+        raise RuntimeError(_missing_kernels_message())
     _state["backend"] = name
 
 
@@ -68,6 +100,28 @@ def using_backend(name):
         yield
     finally:
         set_backend(previous)
+
+
+def op_backends():
+    """Op name -> "cython" or "numpy": what each op runs on under the current backend."""
+    compiled = _state["backend"] != "numpy"
+    return {op: "cython" if compiled and op in _kernels else "numpy" for op in _KERNEL_MODULES}
+
+
+def backend_summary():
+    """One line for banners: the backend and which ops run compiled."""
+    backend = _state["backend"]
+    if backend == "numpy":
+        return "numpy (reference)"
+    on_numpy = [op for op, where in op_backends().items() if where == "numpy"]
+    total = len(_KERNEL_MODULES)
+    if not on_numpy:
+        compiled = f"cython ({total} of {total} ops compiled)"
+        return compiled if backend == "cython" else f"auto: {compiled}"
+    if len(on_numpy) == total:
+        return f"auto: numpy for all {total} ops (kernels missing)"
+    return (f"auto: numpy for {', '.join(on_numpy)} (kernels missing); "
+            f"cython for the other {total - len(on_numpy)}")
 
 
 def set_num_threads(n):
@@ -87,19 +141,22 @@ def get_num_threads():
 
 
 def _default_threads():
+    """OMP_NUM_THREADS if set, else the CPUs this process may run on (its affinity)."""
     env = os.environ.get("OMP_NUM_THREADS", "")
     if env.isdigit() and int(env) >= 1:
         return int(env)
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
     return os.cpu_count() or 1
 
 
-set_backend(os.environ.get("TINYGPT_BACKEND", "cython"))
+set_backend(os.environ.get("TINYGPT_BACKEND", "auto"))
 _state["threads"] = _default_threads()
 
 
 def _run(op, *args, out=None):
     """The op on the current backend; its array results go into ``out`` when given."""
-    if _state["backend"] == "cython" and op in _kernels:
+    if _state["backend"] != "numpy" and op in _kernels:
         return _kernels[op](*args, _state["threads"], out=out)
     result = getattr(reference, op)(*args)
     if out is None:
