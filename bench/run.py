@@ -108,7 +108,7 @@ def ratio(a, b):
 
 
 def on_backend(name, fn):
-    """fn, run with tinygpt's ops on the given backend ("cython" or "numpy")."""
+    """fn, run with tinygpt's ops on the given backend ("auto" or "numpy")."""
     def run():
         ops.set_backend(name)
         return fn()
@@ -157,6 +157,8 @@ def machine_info(threads, torch_used):
         "tinygpt": tinygpt.__version__,
         "tinygpt_commit": git_commit(),
         "kernels_built": tinygpt.available_kernels(),
+        "backend": ops.backend_summary(),
+        "op_backends": ops.op_backends(),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "load_average_at_start": os.getloadavg()[0],
     }
@@ -278,7 +280,7 @@ def bench_kernels(plan, threads):
         for n in counts:
             tinygpt.set_num_threads(n)
             per_thread[str(n)] = {
-                "kernel_ms": median_ms(measure(on_backend("cython", call), plan.kernel_rounds)),
+                "kernel_ms": median_ms(measure(on_backend("auto", call), plan.kernel_rounds)),
                 "numpy_ms": median_ms(measure(on_backend("numpy", call), plan.kernel_rounds))}
         top, one = per_thread[str(threads)], per_thread["1"]
         results[name] = {
@@ -291,7 +293,7 @@ def bench_kernels(plan, threads):
         }
         shapes[name] = arg_shapes
     tinygpt.set_num_threads(threads)
-    ops.set_backend("cython")
+    ops.set_backend("auto")
     setup = {"rounds": plan.kernel_rounds, "thread_counts": counts,
              "missing": [name for name in names if name not in built], "arg_shapes": shapes}
     return results, setup
@@ -344,18 +346,19 @@ def throughput(ms, flops, peak_gflops):
 
 
 def bench_train_step(plan, threads, use_torch, peak_gflops):
-    """Step time of tinygpt (compiled kernels), tinygpt on NumPy only, and PyTorch, in turns."""
+    """Step time of tinygpt (backend "auto": kernels where built), tinygpt on NumPy only, and
+    PyTorch, in turns."""
     x, y = batch()
     kernel_model, numpy_model = default_model(), default_model()
-    contenders = {"tinygpt": on_backend("cython", tinygpt_step(kernel_model, x, y)),
+    contenders = {"tinygpt": on_backend("auto", tinygpt_step(kernel_model, x, y)),
                   "numpy": on_backend("numpy", tinygpt_step(numpy_model, x, y))}
-    first_loss = {"tinygpt": on_backend("cython", lambda: kernel_model.loss(x, y))(),
+    first_loss = {"tinygpt": on_backend("auto", lambda: kernel_model.loss(x, y))(),
                   "torch": None}
     if use_torch:
         contenders["torch"], first_loss["torch"] = torch_setup(threads, x, y, kernel_model)
     log(f"training step: {', '.join(contenders)} x {plan.train_rounds} rounds")
     times = alternate(contenders, plan.train_rounds)
-    ops.set_backend("cython")
+    ops.set_backend("auto")
 
     ms = {name: median_ms(times[name]) if name in times else None
           for name in ("tinygpt", "numpy", "torch")}
@@ -507,6 +510,7 @@ def print_machine(r):
     print(f"tinygpt benchmark ({r['mode']}), {m['date']}, commit {m['tinygpt_commit']}")
     print(f"machine: {m['cpu']}, {m['cores']} cores, {m['threads']} threads; numpy {m['numpy']} "
           f"with {blas}; torch {m['torch'] if m['torch_used'] else 'not used'}")
+    print(f"backend: {m['backend']}")
     print(f"sgemm {sgemm['size']}^3 float32: {sgemm['ms']:.1f} ms = {sgemm['gflops']:.1f} GFLOP/s")
 
 
@@ -515,15 +519,19 @@ def print_kernels(r):
     print(f"\nkernels: median ms over {setup['rounds']} rounds, each op on its largest call in a "
           f"training step (B={BATCH}, T={SEQ_LEN}, d={D_MODEL}, {N_HEADS} heads, V={VOCAB})")
     heads = "  ".join(f"{f'kern {n}t':>9} {f'numpy {n}t':>9}" for n in counts)
-    print(f"{'op':<22} {'kernel':>8} {'numpy':>8} {'speedup':>8}  {heads}  "
+    print(f"{'op':<22} {'backend':>7} {'kernel':>8} {'numpy':>8} {'speedup':>8}  {heads}  "
           f"{'scaling':>7} {'np scal':>7}")
+    backends = r["machine"]["op_backends"]
     for name, k in r["kernels"].items():
         cells = "  ".join(f"{k['threads'][str(n)]['kernel_ms']:9.2f} "
                           f"{k['threads'][str(n)]['numpy_ms']:9.2f}" for n in counts)
-        print(f"{name:<22} {k['kernel_ms']:8.2f} {k['numpy_ms']:8.2f} {k['speedup']:7.2f}x  "
-              f"{cells}  {fmt(k['scaling'], '6.2f')}x {fmt(k['numpy_scaling'], '6.2f')}x")
-    if setup["missing"]:
-        print(f"not built yet (not timed): {', '.join(setup['missing'])}")
+        backend = backends.get(name, backends.get(f"{name}_forward"))  # "attention": both
+        print(f"{name:<22} {backend:>7} {k['kernel_ms']:8.2f} {k['numpy_ms']:8.2f} "
+              f"{k['speedup']:7.2f}x  {cells}  {fmt(k['scaling'], '6.2f')}x "
+              f"{fmt(k['numpy_scaling'], '6.2f')}x")
+    for name in table_order(setup["missing"]):
+        print(f"{name:<22} {backends[name]:>7} no compiled kernel: runs on the NumPy reference "
+              f"(not timed)")
 
 
 def print_train_step(r):
@@ -615,7 +623,7 @@ def main(argv=None):
     plan = PLANS[mode]
     use_torch = not args.no_torch and torch_importable()
     tinygpt.set_num_threads(args.threads)
-    ops.set_backend("cython")
+    ops.set_backend("auto")
 
     results = {"mode": mode, "plan": asdict(plan),
                "machine": machine_info(args.threads, use_torch)}

@@ -4,7 +4,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import tinygpt
+from tinygpt import ops
 
 REPO = Path(__file__).resolve().parent.parent
 KERNEL_KEYS = ("kernel_ms", "numpy_ms", "speedup", "scaling", "numpy_scaling")
@@ -25,10 +28,19 @@ def positive(value):
     return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
 
 
-def test_bench_writes_every_figure(tmp_path):
+@pytest.mark.parametrize("blocked", [None, "_gelu"])
+def test_bench_writes_every_figure(tmp_path, blocked):
+    """The benchmark with every kernel, and with one whose import fails (blocked)."""
     path = tmp_path / "bench.json"
-    command = [sys.executable, str(REPO / "bench" / "run.py"), "--smoke", "--no-torch",
-               "--threads", "2", "--json", str(path)]
+    argv = [str(REPO / "bench" / "run.py"), "--smoke", "--no-torch", "--threads", "2",
+            "--json", str(path)]
+    command = [sys.executable, *argv]
+    built = set(tinygpt.available_kernels())
+    if blocked:
+        command = [sys.executable, "-c",
+                   f"import runpy, sys; sys.modules['tinygpt.{blocked}'] = None; "
+                   f"sys.argv = {argv!r}; runpy.run_path(sys.argv[0], run_name='__main__')"]
+        built -= {op for op, module in ops._KERNEL_MODULES.items() if module == blocked}
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     assert "training step" in done.stdout
@@ -41,7 +53,6 @@ def test_bench_writes_every_figure(tmp_path):
         for key in keys:
             assert report[section][key] is None, (section, key)  # --no-torch
 
-    built = set(tinygpt.available_kernels())
     expected = built | ({"attention"} if {"attention_forward", "attention_backward"} <= built
                         else set())
     assert set(report["kernels"]) == expected
@@ -62,6 +73,12 @@ def test_bench_writes_every_figure(tmp_path):
     machine = report["machine"]
     assert machine["cpu"] and positive(machine["cores"]) and machine["numpy"]
     assert machine["torch_used"] is False
+    assert machine["op_backends"] == {op: "cython" if op in built else "numpy"
+                                      for op in ops._KERNEL_MODULES}
+    assert f"backend: {machine['backend']}" in done.stdout
+    for name in set(ops._KERNEL_MODULES) - built:
+        assert name in machine["backend"]
+        assert f"{name:<22}   numpy no compiled kernel" in done.stdout
 
     # the goals, judged from the run's own figures; without PyTorch its comparisons are open
     targets = report["targets"]
