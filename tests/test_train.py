@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from tinygpt import CharTokenizer, TinyGPT, Trainer, evaluate, train_model
+from tinygpt import CharTokenizer, TinyGPT, Trainer, TrainConfig, evaluate, train_model
 from tinygpt.data import split
 
 
@@ -55,9 +55,8 @@ def test_the_weight_average_is_what_is_evaluated_and_what_train_model_leaves():
     def fresh():
         return TinyGPT(5, d_model=8, n_heads=2, n_layers=1, max_seq_len=16)
 
-    options = dict(epochs=1, batch_size=4, seq_len=16, lr=1e-2, val_data=val, max_steps=20,
-                   ema_decay=0.8)
-    trainer = Trainer(fresh(), train, **options)
+    options = dict(epochs=1, batch_size=4, seq_len=16, lr=1e-2, max_steps=20, ema_decay=0.8)
+    trainer = Trainer(fresh(), train, TrainConfig(**options), val_data=val)
     history = trainer.run()
     trained = trainer.model.params.copy()
     assert not np.array_equal(trainer.average.avg, trained)
@@ -67,7 +66,7 @@ def test_the_weight_average_is_what_is_evaluated_and_what_train_model_leaves():
     assert evaluate(trainer.model, val, 4, 16) != history["val_loss"][-1]
 
     model = fresh()
-    assert train_model(model, train, **options)["val_loss"] == history["val_loss"]
+    assert train_model(model, train, val_data=val, **options)["val_loss"] == history["val_loss"]
     np.testing.assert_array_equal(model.params, trainer.average.avg)
 
 
@@ -92,7 +91,8 @@ def test_non_finite_loss_stops_the_run():
     (dict(warmup_steps=-1), "warmup_steps"),
     (dict(max_grad_norm=-1.0), "max_grad_norm"),
     (dict(ema_decay=-0.5), "ema_decay"),
-    (dict(ema_decay=1.0), "decay must lie in"),
+    (dict(ema_decay=1.0), "ema_decay must lie in"),
+    (dict(batch_size=2.5), "batch_size must be an integer"),
 ])
 def test_bad_arguments_are_rejected(kwargs, match):
     tokens = np.random.default_rng(0).integers(0, 5, 500)

@@ -1,27 +1,17 @@
 """Trainer and train_model(): the training loop, evaluation, and resumable data order."""
 import contextlib
+import dataclasses
 import math
 import time
+from typing import Callable, Optional
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from . import data, ops
+from .config import TrainConfig
 from .model import TinyGPT
 from .optim import AdamW, WeightAverage, clip_grad_norm, lr_at
-
-
-def _positive_int(name, value, allow_none=False):
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-    return int(value)
-
-
-def _non_negative(name, value):
-    if not isinstance(value, (int, float, np.number)) or not value >= 0 or math.isinf(value):
-        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-    return float(value)
 
 
 def evaluate(model, tokens, batch_size, seq_len):
@@ -41,40 +31,31 @@ class Trainer:
     ``run`` trains until the step budget is spent; ``train_model`` is the one-call wrapper.
     """
 
-    def __init__(self, model, train_data, epochs=10, batch_size=32, seq_len=64, lr=1e-3, *,
-                 val_data=None, warmup_steps=100, weight_decay=0.01, max_grad_norm=1.0,
-                 eval_interval=None, max_steps=None, seed=0, callback=None, ema_decay=0.0):
+    def __init__(self, model: TinyGPT, train_data, config: TrainConfig = TrainConfig(), *,
+                 val_data=None, callback: Optional[Callable[[dict], None]] = None):
         if not isinstance(model, TinyGPT):
             raise TypeError(f"model must be a TinyGPT, got {type(model).__name__}")
-        self.epochs = _positive_int("epochs", epochs)
-        self.batch_size = _positive_int("batch_size", batch_size)
-        self.seq_len = _positive_int("seq_len", seq_len)
-        if self.seq_len > model.config.max_seq_len:
-            raise ValueError(f"seq_len {seq_len} exceeds the model's max_seq_len "
+        if not isinstance(config, TrainConfig):
+            raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
+        if config.seq_len > model.config.max_seq_len:
+            raise ValueError(f"seq_len {config.seq_len} exceeds the model's max_seq_len "
                              f"{model.config.max_seq_len}")
-        if not isinstance(lr, (int, float, np.number)) or not lr > 0 or math.isinf(lr):
-            raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
-        self.lr = float(lr)
-        self.warmup_steps = int(_non_negative("warmup_steps", warmup_steps))
-        self.max_grad_norm = _non_negative("max_grad_norm", max_grad_norm)
+        self.config = config
+        self.seq_len, self.batch_size = config.seq_len, config.batch_size
         self.train_data = self._check_tokens(model, train_data, "train_data")
         self.val_data = None
         if val_data is not None:
             self.val_data = self._check_tokens(model, val_data, "val_data")
         steps_per_epoch = math.ceil(data.windows_per_epoch(len(self.train_data), self.seq_len)
                                     / self.batch_size)
-        max_steps = _positive_int("max_steps", max_steps, allow_none=True)
-        self.total_steps = max_steps if max_steps is not None else self.epochs * steps_per_epoch
-        eval_interval = _positive_int("eval_interval", eval_interval, allow_none=True)
-        self.eval_interval = eval_interval or math.ceil(self.total_steps / 10)
+        self.total_steps = config.max_steps or config.epochs * steps_per_epoch
+        self.eval_interval = config.eval_interval or math.ceil(self.total_steps / 10)
         self.callback = callback
         self.model = model
         self.optimizer = AdamW(model.params, model.grads, model.decay_mask(),
-                               weight_decay=_non_negative("weight_decay", weight_decay))
-        ema_decay = _non_negative("ema_decay", ema_decay)
-        self.average = WeightAverage(model.params, ema_decay) if ema_decay else None
-        self.seed = seed
-        self.rng = np.random.default_rng(seed)
+                               weight_decay=config.weight_decay)
+        self.average = WeightAverage(model.params, config.ema_decay) if config.ema_decay else None
+        self.rng = np.random.default_rng(config.seed)
         self.step = 0
         # where the data stream stands: the RNG state that starts the current epoch, and how
         # many of that epoch's batches finished steps have used
@@ -131,12 +112,13 @@ class Trainer:
         Dropout masks (when the model has dropout) come from a generator seeded by (seed,
         step), so a resumed run draws the same ones without carrying any RNG state.
         """
-        loss = self.model.loss(x, y, dropout_rng=np.random.default_rng([self.seed, self.step]))
+        rng = np.random.default_rng([self.config.seed, self.step])
+        loss = self.model.loss(x, y, dropout_rng=rng)
         if not math.isfinite(loss):
             raise FloatingPointError(f"loss became {loss} at step {self.step}; stopping")
         self.model.backward()
-        grad_norm = clip_grad_norm(self.model.grads, self.max_grad_norm)
-        lr = lr_at(self.step, self.lr, self.warmup_steps, self.total_steps)
+        grad_norm = clip_grad_norm(self.model.grads, self.config.max_grad_norm)
+        lr = lr_at(self.step, self.config.lr, self.config.warmup_steps, self.total_steps)
         self.optimizer.step(lr)
         if self.average is not None:
             self.average.update()
@@ -177,19 +159,44 @@ class Trainer:
         return h
 
 
-def train_model(model, train_data, epochs=10, batch_size=32, seq_len=64, lr=1e-3, **options):
+def train_model(model: TinyGPT, train_data, epochs: int = TrainConfig.epochs,
+                batch_size: int = TrainConfig.batch_size, seq_len: int = TrainConfig.seq_len,
+                lr: float = TrainConfig.lr, *, val_data=None,
+                callback: Optional[Callable[[dict], None]] = None, progress: bool = True,
+                **options) -> dict:
     """Train ``model`` on a 1-D array of token ids; returns the history dict.
 
     One epoch is one pass over train_data in shuffled non-overlapping windows from a random
-    offset. ``max_steps`` (if given) replaces the epoch count. Keyword options: val_data,
-    warmup_steps=100, weight_decay=0.01, max_grad_norm=1.0, eval_interval (default: a tenth of
-    the run), max_steps, seed=0, callback (called with a dict after every step), ema_decay=0
-    (> 0: evaluate an exponential moving average of the weights, and leave it in the model).
+    offset. ``options`` are the other TrainConfig settings: warmup_steps=100,
+    weight_decay=0.01, max_grad_norm=1.0, ema_decay=0 (> 0: evaluate an exponential moving
+    average of the weights, and leave it in the model), eval_interval (default: a tenth of the
+    run), max_steps (replaces the epoch count), seed=0. ``val_data`` is evaluated every
+    eval_interval steps; ``callback`` is called with a dict after every step; ``progress``
+    shows a progress bar (tqdm's, in a terminal or a notebook).
     History keys: step, train_loss, lr, grad_norm, tokens_per_sec (per step) and eval_step,
     eval_seconds (training wall time so far), val_loss, val_perplexity (per evaluation).
     """
-    trainer = Trainer(model, train_data, epochs, batch_size, seq_len, lr, **options)
-    history = trainer.run()
+    unknown = set(options) - {f.name for f in dataclasses.fields(TrainConfig)}
+    if unknown:
+        raise TypeError(f"train_model got unknown options {sorted(unknown)}; the options are "
+                        f"{[f.name for f in dataclasses.fields(TrainConfig)]}, val_data, "
+                        f"callback and progress")
+    config = TrainConfig(epochs=epochs, batch_size=batch_size, seq_len=seq_len, lr=lr, **options)
+    trainer = Trainer(model, train_data, config, val_data=val_data)
+    bar = tqdm(total=trainer.total_steps, unit="step", disable=not progress)
+
+    def on_step(info):
+        bar.set_postfix_str(f"loss {info['loss']:.4f}"
+                            + (f", val {info['val_loss']:.4f}" if "val_loss" in info else ""))
+        bar.update(1)
+        if callback is not None:
+            callback(info)
+
+    trainer.callback = on_step
+    try:
+        history = trainer.run()
+    finally:
+        bar.close()
     if trainer.average is not None:
         model.params[...] = trainer.average.avg
     return history
