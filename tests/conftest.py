@@ -1,29 +1,19 @@
-"""Shared fixtures: the real data set (from $TINYGPT_DATA or ../shared) and small random texts."""
-import os
-from pathlib import Path
-
+"""Shared fixtures: the real data set (found as the package finds it) and small random texts."""
 import numpy as np
 import pytest
 
-from tinygpt import ops
+from tinygpt import data, ops
 
-REPO = Path(__file__).resolve().parent.parent
-
-
-def data_path():
-    """Where the verified tiny_shakespeare copy lies; a missing copy fails the test, never skips it."""
-    env = os.environ.get("TINYGPT_DATA")
-    candidates = [Path(env)] if env else []
-    candidates.append(REPO.parent / "shared" / "data" / "tinyshakespeare.txt")
-    for path in candidates:
-        if path.is_file():
-            return path
-    pytest.fail("tiny_shakespeare not found: set TINYGPT_DATA to ../shared/data/tinyshakespeare.txt")
 
 
 @pytest.fixture(scope="session")
 def shakespeare_path():
-    return data_path()
+    """tiny_shakespeare, found where the package finds it ($TINYGPT_DATA, the user cache, a
+    download); a missing copy fails the test, never skips it."""
+    try:
+        return data.dataset_path()
+    except (OSError, ValueError) as err:
+        pytest.fail(f"tiny_shakespeare not found: {err}")
 
 
 @pytest.fixture(scope="session")

@@ -40,40 +40,48 @@ def _download(destination, timeout=30):
     if _sha256(data) != SHA256:
         raise ValueError(f"downloaded file from {URL} failed its sha256 check")
     atomic_write_bytes(destination, data)
-    return data.decode("utf-8")
 
 
-def load_text(path=None):
+def dataset_path() -> Path:
+    """Where tiny_shakespeare lies: $TINYGPT_DATA, else the user cache, downloading it there
+    (sha256-checked, written atomically) when it is missing."""
+    env = os.environ.get("TINYGPT_DATA")
+    if env:
+        if not Path(env).is_file():
+            raise FileNotFoundError(f"TINYGPT_DATA points to {env}, which does not exist")
+        return Path(env)
+    cached = cache_dir() / FILENAME
+    if not cached.is_file():
+        try:
+            _download(cached)
+        except (urllib.error.URLError, OSError) as err:
+            raise FileNotFoundError(
+                "tiny_shakespeare is not available and could not be downloaded "
+                f"({err}). Provide it in one of three ways: pass its path (--data PATH), "
+                f"set TINYGPT_DATA=PATH, or put it at {cached}."
+            ) from None
+    return cached
+
+
+def load_text(path=None) -> str:
     """Return the text of tiny_shakespeare, or of any text file given as ``path``.
 
     Look-up order for tiny_shakespeare: ``path``, $TINYGPT_DATA, the user cache, then a download
     (sha256-checked, written atomically into the cache). A file given by path is used as it is
     (any UTF-8 text); $TINYGPT_DATA and the cache must hold the verified data set.
     """
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"data file {path} does not exist")
-        text = path.read_text(encoding="utf-8")
-        if not text:
-            raise ValueError(f"data file {path} is empty")
-        return text
-    env = os.environ.get("TINYGPT_DATA")
-    if env:
-        if not Path(env).is_file():
-            raise FileNotFoundError(f"TINYGPT_DATA points to {env}, which does not exist")
-        return _read_verified(env)
-    cached = cache_dir() / FILENAME
-    if cached.is_file():
-        return _read_verified(cached)
+    if path is None:
+        return _read_verified(dataset_path())
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"data file {path} does not exist")
     try:
-        return _download(cached)
-    except (urllib.error.URLError, OSError) as err:
-        raise FileNotFoundError(
-            "tiny_shakespeare is not available and could not be downloaded "
-            f"({err}). Provide it in one of three ways: pass its path (--data PATH), "
-            f"set TINYGPT_DATA=PATH, or put it at {cached}."
-        ) from None
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"data file {path} is not UTF-8 text: {err}") from None
+    if not text:
+        raise ValueError(f"data file {path} is empty")
+    return text
 
 
 def split(ids, train_fraction=TRAIN_FRACTION):
