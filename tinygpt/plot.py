@@ -1,4 +1,4 @@
-"""loss.png from a training history, and ``python -m tinygpt.plot OUT_DIR``."""
+"""loss.png from a training history, and ``tinygpt plot OUT_DIR`` (or ``python -m tinygpt.plot``)."""
 import argparse
 import io
 import json
@@ -8,15 +8,13 @@ from pathlib import Path
 from .files import atomic_write_bytes
 
 
-def plot_history(history, path):
+def plot_history(history: dict, path) -> None:
     """Write a PNG: train/val loss, learning rate and gradient norm against step."""
-    import matplotlib
+    from matplotlib.figure import Figure  # no pyplot: the caller's backend stays as it is
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax_loss, ax_lr, ax_norm) = plt.subplots(
-        3, 1, figsize=(8, 9), sharex=True, gridspec_kw={"height_ratios": [2, 1, 1]})
+    fig = Figure(figsize=(8, 9))
+    ax_loss, ax_lr, ax_norm = fig.subplots(3, 1, sharex=True,
+                                           gridspec_kw={"height_ratios": [2, 1, 1]})
     ax_loss.plot(history["step"], history["train_loss"], lw=0.8, alpha=0.8, label="train")
     if history["eval_step"]:
         ax_loss.plot(history["eval_step"], history["val_loss"], "o-", label="val")
@@ -33,12 +31,11 @@ def plot_history(history, path):
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100)
-    plt.close(fig)
     atomic_write_bytes(path, buffer.getvalue())
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m tinygpt.plot",
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="tinygpt plot",
                                      description="Draw OUT_DIR/loss.png from OUT_DIR/history.json.")
     parser.add_argument("out_dir", nargs="?", default="out")
     args = parser.parse_args(argv)
