@@ -13,6 +13,7 @@ scales the rest by 1 / (1 - p); forward, generate and a loss without dropout_rng
 """
 import math
 from dataclasses import asdict, dataclass
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -358,34 +359,46 @@ class TinyGPT:
 
     # ------------------------------------------------------------ sampling
 
-    def generate(self, prompt, max_new_tokens, temperature=1.0, top_k=None, seed=None, *,
-                 top_p=None, use_cache=True, on_token=None):
+    def generate(self, prompt, max_new_tokens: int, temperature: float = 1.0,
+                 top_k: Optional[int] = None, seed=None, *, top_p: Optional[float] = None,
+                 repetition_penalty: float = 1.0, use_cache: bool = True,
+                 on_token: Optional[Callable[[np.ndarray], Optional[bool]]] = None) -> np.ndarray:
         """Sample ``max_new_tokens`` ids after ``prompt`` (ids, (T,) or (B, T)).
 
         Returns prompt + new ids with the prompt's rank. The model sees the last max_seq_len
         tokens. temperature 0 picks the likeliest token; top_k keeps the k likeliest, top_p the
-        smallest set whose probability reaches p. With use_cache (the default), keys and values
+        smallest set whose probability reaches p; repetition_penalty > 1 makes every token
+        already in a row (prompt included) less likely (its logit divided by the penalty where
+        positive, multiplied where negative). With use_cache (the default), keys and values
         are kept between steps, so each new token costs one position instead of the whole
-        context; the tokens are the same either way. on_token(ids (B,)) sees each new token.
+        context; the tokens are the same either way. on_token(ids (B,)) sees each new token;
+        when it returns True, generation stops there.
         """
         squeeze = np.asarray(prompt).ndim == 1
         ids = self._check_ids(prompt, name="prompt", limit_length=False)
         if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)) \
                 or max_new_tokens < 0:
             raise ValueError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
-        check_sampling(temperature, top_k, top_p)
+        check_sampling(temperature, top_k, top_p, repetition_penalty)
         rng = np.random.default_rng(seed)
         max_len = self.config.max_seq_len
         kv_cache = self._new_kv_cache(ids.shape[0]) if use_cache else None
+        seen = None  # (B, V) bool: the tokens each row holds, for the repetition penalty
+        if repetition_penalty != 1:
+            seen = np.zeros((ids.shape[0], self.config.vocab_size), dtype=bool)
+            np.put_along_axis(seen, ids, True, axis=1)
         logits = None
         for _ in range(max_new_tokens):
             if logits is None:  # first step, or the window moved: (re)read the whole context
                 context = ids[:, -max_len:]
                 logits = self._forward(context, keep=False, kv_cache=kv_cache)[0][:, -1]  # (B, V)
-            next_ids = sample_next(logits, temperature, top_k, top_p, rng)
+            next_ids = sample_next(logits, temperature, top_k, top_p, rng,
+                                   repetition_penalty, seen)
             ids = np.concatenate([ids, next_ids[:, None]], axis=1)
-            if on_token is not None:
-                on_token(next_ids)
+            if seen is not None:
+                seen[np.arange(len(next_ids)), next_ids] = True
+            if on_token is not None and on_token(next_ids):
+                break
             position = ids.shape[1] - 1
             if use_cache and position < max_len:
                 logits = self._decode_step(next_ids, position, kv_cache)
@@ -431,8 +444,9 @@ def _store_keys_values(cache, qkv, n_heads):
     values[:, :, :T] = v
 
 
-def check_sampling(temperature, top_k, top_p):
-    """Raise ValueError for a temperature < 0, top_k < 1, or top_p outside (0, 1]."""
+def check_sampling(temperature, top_k=None, top_p=None, repetition_penalty=1.0):
+    """Raise ValueError for a temperature < 0, top_k < 1, top_p outside (0, 1], or a
+    repetition_penalty that is not a finite number > 0."""
     if not isinstance(temperature, (int, float, np.number)) or not temperature >= 0:
         raise ValueError(f"temperature must be a number >= 0, got {temperature!r}")
     if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer))
@@ -441,11 +455,20 @@ def check_sampling(temperature, top_k, top_p):
     if top_p is not None and (not isinstance(top_p, (int, float, np.number))
                               or not 0 < top_p <= 1):
         raise ValueError(f"top_p must be in (0, 1] or None, got {top_p!r}")
+    if not isinstance(repetition_penalty, (int, float, np.number)) \
+            or not 0 < repetition_penalty < math.inf:
+        raise ValueError(f"repetition_penalty must be a finite number > 0 (1: none), "
+                         f"got {repetition_penalty!r}")
 
 
-def sample_next(logits, temperature, top_k, top_p, rng):
-    """logits (B, V) -> one sampled id per row (B,). temperature 0 is argmax."""
+def sample_next(logits, temperature, top_k, top_p, rng, repetition_penalty=1.0, seen=None):
+    """logits (B, V) -> one sampled id per row (B,). temperature 0 is argmax. With a penalty
+    other than 1, the logits of the tokens marked in seen (B, V) bool are pushed down first."""
     logits = logits.astype(np.float64)
+    if seen is not None and repetition_penalty != 1:
+        penalized = np.where(logits > 0, logits / repetition_penalty,
+                             logits * repetition_penalty)
+        logits = np.where(seen, penalized, logits)
     if temperature == 0:
         return logits.argmax(axis=1)
     logits = logits / temperature
