@@ -156,7 +156,7 @@ def load_model(path: str | Path) -> tuple[TinyGPT, CharTokenizer]:
         raise FileNotFoundError(f"{path} does not exist")
     if path.is_dir():
         return _load_hf(path)
-    if zipfile.is_zipfile(path):
+    if path.suffix == ".npz" or zipfile.is_zipfile(path):  # a damaged .npz says so as a checkpoint
         model, tokenizer, _, _ = load_checkpoint(path)
         return model, tokenizer
     return _load_safetensors(path)
