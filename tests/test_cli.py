@@ -4,6 +4,7 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 
@@ -12,18 +13,26 @@ import pytest
 from tinygpt import load_checkpoint
 
 
+TINYGPT = str(Path(sys.executable).parent / "tinygpt")  # the console script pip installed
+
+
 def run(module, *args, env=None):
     return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True,
                           env={**os.environ, **(env or {})}, timeout=300)
+
+
+def tinygpt(*args):
+    return subprocess.run([TINYGPT, *args], capture_output=True, text=True, timeout=300)
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, shakespeare_path):
     """The default command line, cut to 5 steps."""
     out = tmp_path_factory.mktemp("run")
-    result = run("tinygpt.train", "--max-steps", "5", "--eval_interval", "5",
-                 "--out-dir", str(out), "--sample-tokens", "40",
-                 env={"TINYGPT_DATA": str(shakespeare_path)})
+    result = subprocess.run([TINYGPT, "train", "--max-steps", "5", "--eval_interval", "5",
+                             "--out-dir", str(out), "--sample-tokens", "40"],
+                            capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "TINYGPT_DATA": str(shakespeare_path)})
     return out, result
 
 
@@ -31,6 +40,7 @@ def test_train_cli_runs_end_to_end(trained):
     out, result = trained
     assert result.returncode == 0, result.stderr
     assert "1,024,640 parameters" in result.stdout  # d 128, 4 heads, 5 layers (the lab's has 4)
+    assert "backend auto: cython (9 of 9 ops compiled)" in result.stdout
     assert "step     5/5" in result.stdout and "tok/s" in result.stdout and "ETA" in result.stdout
     assert "val loss" in result.stdout and "val perplexity" in result.stdout
     history = json.loads((out / "history.json").read_text())
@@ -44,8 +54,8 @@ def test_train_cli_runs_end_to_end(trained):
     model, tok, meta, opt = load_checkpoint(out / "ckpt.npz")
     assert meta["step"] == 5 and int(opt["t"]) == 5
     assert model.config.d_model == 128 and model.config.n_layers == 5
-    assert meta["extra"]["args"]["batch_size"] == 16 and meta["extra"]["args"]["seq_len"] == 128
-    assert meta["extra"]["args"]["ema_decay"] == 0.998 and "trained_params" in opt
+    assert meta["extra"]["config"]["batch_size"] == 16 and meta["extra"]["config"]["seq_len"] == 128
+    assert meta["extra"]["config"]["ema_decay"] == 0.998 and "trained_params" in opt
 
 
 SMALL = ["--d-model", "16", "--n-heads", "2", "--n-layers", "1", "--seq-len", "16",
@@ -188,3 +198,104 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_last_checkpoint(tmp_path, s
     assert "loss became nan at step 7" in capsys.readouterr().err
     model, _, meta, _ = load_checkpoint(tmp_path / "ckpt.npz")
     assert meta["step"] == 5 and np.isfinite(model.params).all()
+
+
+def test_the_tinygpt_command_lists_and_dispatches_its_subcommands(trained):
+    listing = tinygpt("--help")
+    assert listing.returncode == 0
+    for command in ("train", "sample", "eval", "export", "plot"):
+        assert command in listing.stdout
+    assert tinygpt().returncode == 2
+    unknown = tinygpt("fly")
+    assert unknown.returncode == 2 and "unknown command 'fly'" in unknown.stderr
+    assert tinygpt("--version").stdout.startswith("tinygpt 0.")
+    sample = tinygpt("sample", "--checkpoint", str(trained[0] / "ckpt.npz"), "--max-new-tokens",
+                     "12", "--temperature", "0", "--threads", "1")
+    assert sample.returncode == 0 and sample.stdout.startswith("ROMEO:"), sample.stderr
+
+
+def test_eval_reports_loss_perplexity_and_bits_per_character(trained, tmp_path):
+    out, result = trained
+    history = json.loads((out / "history.json").read_text())
+    report = tinygpt("eval", "--checkpoint", str(out / "ckpt.npz"), "--batch-size", "16")
+    assert report.returncode == 0, report.stderr
+    assert "validation split of tiny_shakespeare" in report.stdout
+    # the checkpoint holds the averaged weights that the run evaluated at its last step
+    loss = float(report.stdout.split("loss ")[1].split()[0])
+    assert loss == pytest.approx(history["val_loss"][-1], abs=1e-4)
+    bits = float(report.stdout.split("| ")[-1].split()[0])
+    assert bits == pytest.approx(loss / np.log(2), abs=2e-4)
+    text = tmp_path / "lines.txt"
+    text.write_text("ROMEO:\nWhat light through yonder window breaks?\n" * 3)
+    other = tinygpt("eval", "--checkpoint", str(out / "ckpt.npz"), "--data", str(text))
+    assert other.returncode == 0 and str(text) in other.stdout, other.stderr
+    text.write_text("naïve")
+    foreign = tinygpt("eval", "--checkpoint", str(out / "ckpt.npz"), "--data", str(text))
+    assert foreign.returncode == 2 and "'ï'" in foreign.stderr and "Traceback" not in foreign.stderr
+
+
+def test_resume_accepts_a_longer_run_and_refuses_other_changes(tmp_path, small_text):
+    out = str(tmp_path / "run")
+    first = run("tinygpt.train", "--data", str(small_text), "--max-steps", "4", *SMALL,
+                "--out-dir", out)
+    assert first.returncode == 0, first.stderr
+    refused = run("tinygpt.train", "--resume", "--out-dir", out, "--lr", "0.1")
+    assert refused.returncode == 2 and "--lr cannot change when resuming" in refused.stderr
+    refused = run("tinygpt.train", "--resume", "--out-dir", out, "--d_model", "32")
+    assert refused.returncode == 2 and "--d-model cannot change" in refused.stderr
+    same = run("tinygpt.train", "--resume", "--out-dir", out, "--seq-len", "16", "--max-steps",
+               "7", "--eval-interval", "3", "--threads", "2")  # a setting given unchanged is fine
+    assert same.returncode == 0, same.stderr
+    assert "resuming at step 4 of 7" in same.stdout
+    model, _, meta, _ = load_checkpoint(Path(out) / "ckpt.npz")
+    assert meta["step"] == 7 and meta["extra"]["config"]["max_steps"] == 7
+    assert meta["extra"]["trainer"]["history"]["step"] == list(range(1, 8))
+    assert meta["extra"]["trainer"]["history"]["eval_step"] == [1, 2, 3, 4, 6, 7]  # 4 steps: every 1
+
+
+def test_a_toml_config_drives_the_run_and_flags_override_it(tmp_path, small_text):
+    config = tmp_path / "run.toml"
+    config.write_text(f'data = "{small_text}"\nd-model = 24\nn_heads = 3\nn_layers = 1\n'
+                      f'seq_len = 16\nbatch_size = 4\nmax_steps = 2\nlr = 5e-3\n'
+                      f'sample_tokens = 5\nthreads = 1\n')
+    result = run("tinygpt.train", "--config", str(config), "--lr", "2e-3",
+                 "--out-dir", str(tmp_path / "o"))
+    assert result.returncode == 0, result.stderr
+    model, _, meta, _ = load_checkpoint(tmp_path / "o" / "ckpt.npz")
+    assert model.config.d_model == 24 and model.config.n_heads == 3
+    assert meta["extra"]["config"]["lr"] == 2e-3 and meta["extra"]["config"]["max_steps"] == 2
+    config.write_text("batch = 4\n")
+    bad = run("tinygpt.train", "--config", str(config))
+    assert bad.returncode == 2 and "unknown setting 'batch'" in bad.stderr
+
+
+def test_init_from_fine_tunes_a_saved_model_on_a_text_of_its_characters(tmp_path, small_text):
+    source = tmp_path / "source"
+    first = run("tinygpt.train", "--data", str(small_text), "--max-steps", "3", *SMALL,
+                "--out-dir", str(source))
+    assert first.returncode == 0, first.stderr
+    exported = tmp_path / "model.safetensors"
+    assert tinygpt("export", str(source / "ckpt.npz"), "--format", "safetensors", "--out",
+                   str(exported)).returncode == 0
+    start, tokenizer = load_checkpoint(source / "ckpt.npz")[:2]
+    text = tmp_path / "sonnet.txt"
+    text.write_text(small_text.read_text()[5000:9000])  # the same play: a subset of characters
+    for origin in (source / "ckpt.npz", exported):
+        # a learning rate of 1e-12 and no average: the weights stay where --init-from put them
+        tuned = run("tinygpt.train", "--init-from", str(origin), "--data", str(text),
+                    "--max-steps", "1", "--lr", "1e-12", "--ema-decay", "0", "--seq-len", "16",
+                    "--batch-size", "4", "--sample-tokens", "5", "--threads", "1",
+                    "--out-dir", str(tmp_path / "tuned"))
+        assert tuned.returncode == 0, tuned.stderr
+        model, tuned_tokenizer, meta, _ = load_checkpoint(tmp_path / "tuned" / "ckpt.npz")
+        assert tuned_tokenizer.chars == tokenizer.chars and model.config.d_model == 16
+        np.testing.assert_allclose(model.params, start.params, atol=1e-9)
+        assert meta["extra"]["config"]["init_from"] == str(origin)
+    text.write_text("Zebra {quagga}")
+    foreign = run("tinygpt.train", "--init-from", str(exported), "--data", str(text))
+    assert foreign.returncode == 2, foreign.stderr
+    named = foreign.stderr.split("characters the model does not know: ")[1].split(";")[0]
+    assert "{" in named and "}" in named and "e" not in named
+    shaped = run("tinygpt.train", "--init-from", str(exported), "--data", str(small_text),
+                 "--d-model", "32")
+    assert shaped.returncode == 2 and "--d-model 32 differs from the model" in shaped.stderr

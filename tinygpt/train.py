@@ -1,5 +1,8 @@
-"""``python -m tinygpt.train``: train on tiny_shakespeare (or any text), checkpoint, sample."""
+"""``tinygpt train`` (or ``python -m tinygpt.train``): train on tiny_shakespeare or any text,
+checkpoint, sample. Settings come from RunConfig: its defaults, then ``--config run.toml``, then
+flags; ``--resume`` continues the run saved in --out-dir with its own settings."""
 import argparse
+import dataclasses
 import json
 import signal
 import sys
@@ -8,58 +11,38 @@ from pathlib import Path
 
 import numpy as np
 
-from . import data, ops
+from . import data, export, ops
 from .checkpoint import load_checkpoint, save_checkpoint
+from .config import RunConfig, load_toml, resumable, setting_type
 from .files import atomic_write_text
 from .model import TinyGPT
 from .plot import plot_history
 from .tokenizer import CharTokenizer
-from .trainer import Trainer, _positive_int
+from .trainer import Trainer
 
-def _flag(parser, name, **kwargs):
-    """Add --a-flag also spelled --a_flag."""
-    spellings = [f"--{name}"] + ([f"--{name.replace('-', '_')}"] if "-" in name else [])
-    parser.add_argument(*spellings, **kwargs)
+CLI_ONLY = ("config", "resume")  # flags that are not settings
+
+
+def flag(name):
+    """The command-line spelling of a setting: batch_size -> --batch-size."""
+    return "--" + name.replace("_", "-")
 
 
 def build_parser():
     p = argparse.ArgumentParser(
-        prog="python -m tinygpt.train",
-        description="Train a tiny GPT on tiny_shakespeare (or any text file) and sample from it.")
-    _flag(p, "data", default=None, help="text file to train on (default: tiny_shakespeare, "
-          "found through $TINYGPT_DATA, the user cache, or a download)")
-    _flag(p, "out-dir", default="out", help="where ckpt.npz, history.json, samples.txt go")
-    _flag(p, "epochs", type=int, default=12)
-    _flag(p, "max-steps", type=int, default=None, help="stop after this many steps")
-    _flag(p, "batch-size", type=int, default=16,
-          help="sequences per step (the lab suggests 64; 16 reaches a lower val loss in the same "
-          "time, see README)")
-    _flag(p, "seq-len", type=int, default=128)
-    _flag(p, "d-model", type=int, default=128)
-    _flag(p, "n-heads", type=int, default=4)
-    _flag(p, "n-layers", type=int, default=5,
-          help="transformer blocks (the lab suggests 4; 5 reaches a lower val loss, see README)")
-    _flag(p, "max-seq-len", type=int, default=None, help="position table size (default: seq-len)")
-    _flag(p, "dropout", type=float, default=0.0,
-          help="dropout rate of the embeddings and residual branches while training")
-    _flag(p, "lr", type=float, default=2.5e-3,
-          help="peak learning rate (the lab suggests 1e-3; 2.5e-3 reaches a lower val loss in the "
-          "same time, see README)")
-    _flag(p, "ema-decay", type=float, default=0.998,
-          help="evaluate, sample and save a moving average of the weights with this decay per "
-          "step (0: off, the raw weights)")
-    _flag(p, "warmup-steps", type=int, default=100)
-    _flag(p, "weight-decay", type=float, default=0.1)
-    _flag(p, "max-grad-norm", type=float, default=1.0)
-    _flag(p, "eval-interval", type=int, default=None, help="steps between evaluations")
-    _flag(p, "seed", type=int, default=0)
-    _flag(p, "threads", type=int, default=None, help="CPU threads for kernels and BLAS")
-    _flag(p, "prompt", default="ROMEO:", help="prompt for the final sample")
-    _flag(p, "sample-tokens", type=int, default=500, help="length of the final sample")
-    _flag(p, "checkpoint-interval", type=int, default=100,
-          help="steps between checkpoints (one is also written at every evaluation and the end)")
-    _flag(p, "resume", action="store_true",
-          help="continue the run saved in --out-dir (its own settings are used)")
+        prog="tinygpt train",
+        description="Train a tiny GPT on tiny_shakespeare (or any text file) and sample from it. "
+                    "Every flag is also accepted with underscores (--batch_size).")
+    p.add_argument("--config", default=argparse.SUPPRESS, metavar="TOML",
+                   help="read settings from this TOML file (flags given too override it)")
+    p.add_argument("--resume", action="store_true", default=argparse.SUPPRESS,
+                   help="continue the run saved in --out-dir with its own settings; only "
+                        "--epochs, --max-steps, intervals, threads and sampling may change")
+    for f in dataclasses.fields(RunConfig):
+        spellings = [flag(f.name)] + (["--" + f.name] if "_" in f.name else [])
+        default = "" if f.default is None else f" (default: {f.default})"
+        p.add_argument(*spellings, dest=f.name, type=setting_type(f.name),
+                       default=argparse.SUPPRESS, help=f.metadata["help"] + default)
     return p
 
 
@@ -114,26 +97,26 @@ def _encode_prompt(tokenizer, prompt):
 class _Run:
     """One command-line run: the trainer plus the files it keeps in the out dir."""
 
-    def __init__(self, args, trainer, tokenizer):
-        self.args, self.trainer, self.tokenizer = args, trainer, tokenizer
-        self.out = Path(args.out_dir)
+    def __init__(self, config, trainer, tokenizer, resumed):
+        self.config, self.trainer, self.tokenizer = config, trainer, tokenizer
+        self.out = Path(config.out_dir)
         self.samples = []
-        if args.resume and (self.out / "samples.txt").is_file():
+        if resumed and (self.out / "samples.txt").is_file():
             self.samples.append((self.out / "samples.txt").read_text(encoding="utf-8"))
         self.progress = None
 
     def sample(self, n_tokens, temperature=0.8):
-        prompt = np.array(_encode_prompt(self.tokenizer, self.args.prompt))
+        prompt = np.array(_encode_prompt(self.tokenizer, self.config.prompt))
         with self.trainer.eval_weights():
             out = self.trainer.model.generate(prompt, n_tokens, temperature=temperature,
-                                              seed=self.args.seed + self.trainer.step)
+                                              seed=self.config.seed + self.trainer.step)
         return self.tokenizer.decode(out)
 
     def save(self, name="ckpt.npz", plot=True):
         """Checkpoint, history and (if ``plot``) loss plot, each written atomically."""
         t = self.trainer
         save_checkpoint(self.out / name, t.model, self.tokenizer, t.optimizer, t.step,
-                        extra={"args": vars(self.args), "trainer": t.state()}, average=t.average)
+                        extra={"config": self.config.to_dict(), "trainer": t.state()}, average=t.average)
         if name == "ckpt.npz":
             atomic_write_text(self.out / "history.json", json.dumps(t.history, indent=1))
             if plot and t.history["step"]:
@@ -153,7 +136,7 @@ class _Run:
             self.add_sample(f"step {step}, val loss {info['val_loss']:.4f}", self.sample(200))
             if info["val_loss"] <= min(history["val_loss"]):
                 self.save("best.npz")
-        if step % self.args.checkpoint_interval == 0 or "val_loss" in info:
+        if step % self.config.checkpoint_interval == 0 or "val_loss" in info:
             self.save(plot="val_loss" in info)  # plotting takes ~0.5 s: only at evaluations
 
 
@@ -168,85 +151,127 @@ def _handle_sigint(trainer):
     return signal.signal(signal.SIGINT, handler)
 
 
-def _build(args):
-    """(trainer, tokenizer) for a fresh run, or for the run saved in out_dir with --resume."""
-    text = data.load_text(args.data)
-    tokenizer = CharTokenizer(text)
-    ids = np.array(tokenizer.encode(text), dtype=np.int32)
-    train_ids, val_ids = data.split(ids)
-    model = TinyGPT(tokenizer.vocab_size, args.d_model, args.n_heads, args.n_layers,
-                    args.max_seq_len or args.seq_len, seed=args.seed,
-                    dropout=getattr(args, "dropout", 0.0))  # runs saved before --dropout: 0
-    trainer = Trainer(model, train_ids, args.epochs, args.batch_size, args.seq_len, args.lr,
-                      val_data=val_ids, warmup_steps=args.warmup_steps,
-                      weight_decay=args.weight_decay, max_grad_norm=args.max_grad_norm,
-                      eval_interval=args.eval_interval, max_steps=args.max_steps, seed=args.seed,
-                      ema_decay=getattr(args, "ema_decay", 0.0))
-    return trainer, tokenizer
+def _read_text(config, tokenizer=None):
+    """(tokenizer, train ids, val ids) of the run's text. A given tokenizer (of a model being
+    fine-tuned or resumed) must cover every character of the text."""
+    text = data.load_text(config.data)
+    if tokenizer is None:
+        tokenizer = CharTokenizer(text)
+    missing = sorted(set(text) - set(tokenizer.chars))
+    if missing:
+        source = config.data or "tiny_shakespeare"
+        raise ValueError(f"{source} has {len(missing)} characters the model does not know: "
+                         f"{''.join(missing)!r}; fine-tuning needs a text written in the "
+                         f"model's {tokenizer.vocab_size} characters")
+    train_ids, val_ids = data.split(np.array(tokenizer.encode(text), dtype=np.int32))
+    return tokenizer, train_ids, val_ids
 
 
-def _resume(args):
-    """Reload the run in args.out_dir: its own arguments, model, optimizer and data position."""
-    path = Path(args.out_dir) / "ckpt.npz"
-    model, tokenizer, meta, optim = load_checkpoint(path)
-    if optim is None or "trainer" not in meta["extra"]:
-        raise ValueError(f"{path} holds no training state to resume from")
-    saved = argparse.Namespace(**meta["extra"]["args"])
-    saved.out_dir, saved.threads, saved.resume = args.out_dir, args.threads, True
-    trainer, built_tokenizer = _build(saved)
-    if built_tokenizer.chars != tokenizer.chars:
-        raise ValueError(f"the data's vocabulary differs from the one in {path}")
-    trainer.model.params[...] = optim.get("trained_params", model.params)
+def _new_trainer(config, tokenizer, train_ids, val_ids):
+    model = TinyGPT(tokenizer.vocab_size, config.d_model, config.n_heads, config.n_layers,
+                    config.model_max_seq_len, seed=config.seed, dropout=config.dropout)
+    return Trainer(model, train_ids, config.train_config(), val_data=val_ids)
+
+
+def _start(requested):
+    """A new run: (config, trainer, tokenizer), from --init-from's weights if given."""
+    config = RunConfig.from_dict(requested, source="settings")
+    if config.init_from is None:
+        tokenizer, train_ids, val_ids = _read_text(config)
+        return config, _new_trainer(config, tokenizer, train_ids, val_ids), tokenizer
+    source, tokenizer = export.load_model(config.init_from)
+    shape = {name: getattr(source.config, name)
+             for name in ("d_model", "n_heads", "n_layers", "max_seq_len")}
+    for name, value in shape.items():
+        if requested.get(name, value) != value:
+            raise ValueError(f"{flag(name)} {requested[name]} differs from the model in "
+                             f"{config.init_from} ({value}); leave it out to fine-tune that model")
+    if "seq_len" not in requested:  # the recipe's length, or the model's context if shorter
+        shape["seq_len"] = min(config.seq_len, shape["max_seq_len"])
+    config = RunConfig.from_dict({**requested, **shape}, source=f"--init-from {config.init_from}")
+    trainer = _new_trainer(config, *_read_text(config, tokenizer))
+    trainer.model.params[...] = source.params
+    return config, trainer, tokenizer
+
+
+def _resume(requested):
+    """The run saved in out_dir, with the changes to it that a resume allows."""
+    path = Path(requested.get("out_dir", RunConfig.out_dir)) / "ckpt.npz"
+    saved_model, tokenizer, meta, optim = load_checkpoint(path)
+    if optim is None or "config" not in meta["extra"]:
+        raise ValueError(f"{path} holds no training run to resume")
+    saved = RunConfig.from_dict(meta["extra"]["config"], source=str(path))
+    for name, value in requested.items():
+        if value != getattr(saved, name) and not resumable(name):
+            raise ValueError(f"{flag(name)} cannot change when resuming (the run in {path} has "
+                             f"{getattr(saved, name)!r}, got {value!r}); only --epochs, "
+                             f"--max-steps, the intervals, --threads and the sampling settings "
+                             f"may. Start a new run in another --out-dir for other settings")
+    config = dataclasses.replace(saved, **{"threads": None, **requested})
+    trainer = _new_trainer(config, *_read_text(config, tokenizer))
+    trainer.model.params[...] = optim.get("trained_params", saved_model.params)
     trainer.optimizer.load_state(optim)
     if trainer.average is not None:
-        trainer.average.load_state(model.params, optim.get("average_t", 0))
+        trainer.average.load_state(saved_model.params, optim.get("average_t", 0))
     trainer.load_state(meta["extra"]["trainer"])
-    return saved, trainer, tokenizer
+    if trainer.total_steps < trainer.step:
+        raise ValueError(f"the run in {path} is at step {trainer.step}, past the "
+                         f"{trainer.total_steps} steps asked for")
+    return config, trainer, tokenizer
 
 
-def main(argv=None):
+def _settings(args):
+    """What the user asked for: the TOML file's settings, overridden by the flags given."""
+    given = vars(args)
+    requested = load_toml(given["config"]) if "config" in given else {}
+    requested.update((k, v) for k, v in given.items() if k not in CLI_ONLY)
+    return requested, given.get("resume", False)
+
+
+def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        if args.threads is not None:
-            ops.set_num_threads(args.threads)
-        if args.resume:
-            args, trainer, tokenizer = _resume(args)
-        else:
-            trainer, tokenizer = _build(args)
-        _positive_int("checkpoint_interval", args.checkpoint_interval)
+        requested, resuming = _settings(args)
+        if requested.get("threads") is not None:
+            ops.set_num_threads(requested["threads"])
+        config, trainer, tokenizer = _resume(requested) if resuming else _start(requested)
     except (OSError, ValueError, UnicodeDecodeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     model = trainer.model
     print(f"tinygpt: {model.num_parameters():,} parameters | vocab {tokenizer.vocab_size} | "
           f"{len(trainer.train_data):,} train / {len(trainer.val_data):,} val tokens | "
-          f"{'resuming at step ' + str(trainer.step) + ' of ' if args.resume else ''}"
-          f"{trainer.total_steps} steps | backend {ops.get_backend()} | "
-          f"{ops.get_num_threads()} threads", flush=True)
-    run = _Run(args, trainer, tokenizer)
+          f"{'resuming at step ' + str(trainer.step) + ' of ' if resuming else ''}"
+          f"{trainer.total_steps} steps | {ops.get_num_threads()} threads | "
+          f"backend {ops.backend_summary()}", flush=True)
+    run = _Run(config, trainer, tokenizer, resuming)
     run.progress = _Progress(trainer)
     trainer.callback = run.on_step
     previous_handler = _handle_sigint(trainer)
     try:
         trainer.run()
+        run.progress.close()
+        run.save()
     except FloatingPointError as err:
         run.progress.close()
         print(f"error: {err}. The last good checkpoint in {run.out} is untouched.",
               file=sys.stderr)
         return 1
+    except OSError as err:
+        run.progress.close()
+        print(f"error: cannot write to {run.out}: {err}", file=sys.stderr)
+        return 1
     finally:
         signal.signal(signal.SIGINT, previous_handler)
-    run.progress.close()
-    run.save()
     print(f"saved {run.out / 'ckpt.npz'}, history.json and loss.png at step {trainer.step}")
     if trainer.stop_requested:
-        print(f"stopped early; continue with: python -m tinygpt.train --resume --out-dir {run.out}")
+        print(f"stopped early; continue with: tinygpt train --resume --out-dir {run.out}")
         return 130
     history = trainer.history
     if history["val_loss"]:
         print(f"final val loss {history['val_loss'][-1]:.4f} | "
               f"val perplexity {history['val_perplexity'][-1]:.2f}")
-    sample = run.sample(args.sample_tokens)
+    sample = run.sample(config.sample_tokens)
     run.add_sample(f"final, step {trainer.step}", sample)
     print(f"--- sample (temperature 0.8) ---\n{sample}\n---")
     print(f"saved {run.out / 'samples.txt'}")
