@@ -1,3 +1,6 @@
+import os
+import stat
+
 import numpy as np
 import pytest
 
@@ -77,3 +80,17 @@ def test_save_leaves_no_temporary_files_and_replaces_atomically(tmp_path):
     save_checkpoint(path, model, tok, step=2)
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt.npz"]
     assert load_checkpoint(path)[2]["step"] == 2
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_files_are_written_with_the_users_umask(tmp_path, umask):
+    model, tok = make()
+    previous = os.umask(umask)
+    try:
+        save_checkpoint(tmp_path / "ckpt.npz", model, tok)
+        with open(tmp_path / "plain", "wb"):
+            pass
+    finally:
+        os.umask(previous)
+    mode = stat.S_IMODE((tmp_path / "ckpt.npz").stat().st_mode)
+    assert mode == 0o666 & ~umask == stat.S_IMODE((tmp_path / "plain").stat().st_mode)

@@ -299,3 +299,15 @@ def test_init_from_fine_tunes_a_saved_model_on_a_text_of_its_characters(tmp_path
     shaped = run("tinygpt.train", "--init-from", str(exported), "--data", str(small_text),
                  "--d-model", "32")
     assert shaped.returncode == 2 and "--d-model 32 differs from the model" in shaped.stderr
+
+
+def test_plotting_leaves_the_callers_matplotlib_backend_alone(trained, tmp_path):
+    import matplotlib
+
+    from tinygpt.plot import plot_history
+
+    matplotlib.use("svg")
+    history = json.loads((trained[0] / "history.json").read_text())
+    plot_history(history, tmp_path / "loss.png")
+    assert matplotlib.get_backend().lower() == "svg"
+    assert (tmp_path / "loss.png").read_bytes()[:4] == b"\x89PNG"

@@ -113,3 +113,22 @@ def test_bad_data_is_rejected():
         train_model(model, np.zeros(100, dtype=int), seq_len=16, val_data=np.zeros(5, dtype=int))
     with pytest.raises(TypeError):
         train_model("not a model", np.zeros(100, dtype=int))
+
+
+def test_train_model_shows_a_progress_bar_unless_told_not_to(capsys):
+    tokens = np.random.default_rng(0).integers(0, 5, 500)
+
+    def train(**options):
+        model = TinyGPT(5, d_model=8, n_heads=2, n_layers=1, max_seq_len=16)
+        train_model(model, tokens, batch_size=4, seq_len=16, max_steps=3, **options)
+        return capsys.readouterr().err
+
+    shown = train()
+    assert "3/3" in shown and "loss" in shown
+    assert train(progress=False) == ""
+
+
+def test_unknown_train_model_options_name_the_valid_ones():
+    model = TinyGPT(5, d_model=8, n_heads=2, n_layers=1, max_seq_len=16)
+    with pytest.raises(TypeError, match="'learning_rate'.*warmup_steps"):
+        train_model(model, np.zeros(100, dtype=int), seq_len=16, learning_rate=0.1)
