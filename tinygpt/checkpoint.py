@@ -3,6 +3,7 @@ import io
 import json
 import zipfile
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
@@ -17,7 +18,8 @@ class CheckpointError(ValueError):
     """A checkpoint file that exists but cannot be read as a tinygpt checkpoint."""
 
 
-def save_checkpoint(path, model, tokenizer, optimizer=None, step=0, extra=None, average=None):
+def save_checkpoint(path, model: TinyGPT, tokenizer: CharTokenizer, optimizer=None, step: int = 0,
+                    extra: Optional[dict] = None, average=None) -> None:
     """Write model + tokenizer (+ optimizer state, step, ``extra`` JSON-able dict) atomically.
 
     With a WeightAverage, the checkpoint's parameters are the average (what sampling uses) and
@@ -41,11 +43,11 @@ def save_checkpoint(path, model, tokenizer, optimizer=None, step=0, extra=None, 
     if average is not None:
         arrays.update(optim_trained_params=model.params, optim_average_t=np.int64(average.t))
     buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
+    np.savez(buffer, **arrays)  # type: ignore[arg-type]
     atomic_write_bytes(path, buffer.getvalue())
 
 
-def load_checkpoint(path):
+def load_checkpoint(path) -> tuple[TinyGPT, CharTokenizer, dict, Optional[dict]]:
     """Read a checkpoint -> (model, tokenizer, meta dict, optimizer state dict or None)."""
     path = Path(path)
     if not path.is_file():

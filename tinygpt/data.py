@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from .files import atomic_write_bytes
+from .tokenizer import CharTokenizer
 
 URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
@@ -15,7 +16,7 @@ FILENAME = "tinyshakespeare.txt"
 TRAIN_FRACTION = 0.9
 
 
-def cache_dir():
+def cache_dir() -> Path:
     """The user cache folder: $XDG_CACHE_HOME/tinygpt or ~/.cache/tinygpt."""
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "tinygpt"
@@ -84,17 +85,15 @@ def load_text(path=None) -> str:
     return text
 
 
-def split(ids, train_fraction=TRAIN_FRACTION):
+def split(ids, train_fraction: float = TRAIN_FRACTION) -> tuple[np.ndarray, np.ndarray]:
     """Split a 1-D token array into (train, val): the first 90% and the last 10%."""
     ids = np.asarray(ids)
     n_train = int(len(ids) * train_fraction)
     return ids[:n_train], ids[n_train:]
 
 
-def load_dataset(path=None):
+def load_dataset(path=None) -> tuple[CharTokenizer, np.ndarray, np.ndarray]:
     """Load the text and tokenize it: returns (tokenizer, train_ids, val_ids) as int32 arrays."""
-    from .tokenizer import CharTokenizer
-
     text = load_text(path)
     tokenizer = CharTokenizer(text)
     ids = np.array(tokenizer.encode(text), dtype=np.int32)

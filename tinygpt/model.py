@@ -83,8 +83,9 @@ class TinyGPT:
     (2, 8, 65)
     """
 
-    def __init__(self, vocab_size, d_model=64, n_heads=4, n_layers=4, max_seq_len=256, *,
-                 dropout=0.0, seed=0, dtype=np.float32):
+    def __init__(self, vocab_size: int, d_model: int = 64, n_heads: int = 4, n_layers: int = 4,
+                 max_seq_len: int = 256, *, dropout: float = 0.0, seed: int = 0,
+                 dtype=np.float32):
         self.config = GPTConfig(vocab_size, d_model, n_heads, n_layers, max_seq_len, dropout)
         self.dtype = np.dtype(dtype)
         if self.dtype not in (np.float32, np.float64):
@@ -115,7 +116,7 @@ class TinyGPT:
                 std = residual_std if kind in ("proj_w", "fc2_w") else INIT_STD
                 view[...] = rng.normal(0.0, std, size=view.shape)
 
-    def decay_mask(self):
+    def decay_mask(self) -> np.ndarray:
         """Flat 0/1 array: 1 where weight decay applies (matrices and embeddings, not biases or LN)."""
         mask = np.zeros(self.params.size, dtype=self.dtype)
         for name, view in _views(mask, self.shapes).items():
@@ -123,7 +124,7 @@ class TinyGPT:
                 view[...] = 1.0
         return mask
 
-    def num_parameters(self):
+    def num_parameters(self) -> int:
         return int(self.params.size)
 
     # ------------------------------------------------------------ forward
@@ -150,7 +151,7 @@ class TinyGPT:
             raise ValueError(f"token id {bad} is outside [0, {self.config.vocab_size})")
         return x.astype(np.int64, copy=False)
 
-    def forward(self, x):
+    def forward(self, x) -> np.ndarray:
         """Token ids (B, T) or (T,) -> logits (B, T, vocab) or (T, vocab), in the model's dtype."""
         squeeze = np.asarray(x).ndim == 1
         logits, _ = self._forward(self._check_ids(x), keep=False)
@@ -283,7 +284,7 @@ class TinyGPT:
         return [(np.zeros(shape, self.dtype), np.zeros(shape, self.dtype))
                 for _ in range(cfg.n_layers)]
 
-    def loss(self, x, y, dropout_rng=None):
+    def loss(self, x, y, dropout_rng: Optional[np.random.Generator] = None) -> float:
         """Mean cross-entropy of next-token predictions. x, y (B, T) ids (y = -1 is ignored).
 
         Keeps what ``backward`` needs; returns the loss as a float. With a dropout_rng (a
@@ -309,7 +310,7 @@ class TinyGPT:
 
     # ------------------------------------------------------------ backward
 
-    def backward(self):
+    def backward(self) -> None:
         """Fill ``self.grads`` with d(loss)/d(params) for the last ``loss`` call (overwrites)."""
         if self._cache is None:
             raise RuntimeError("backward() needs a loss(x, y) call first")

@@ -1,4 +1,6 @@
 """CharTokenizer: one id per distinct character, ids in sorted character order."""
+from typing import Iterable
+
 import numpy as np
 
 
@@ -10,7 +12,7 @@ class CharTokenizer:
     'hole'
     """
 
-    def __init__(self, text):
+    def __init__(self, text: str):
         if not isinstance(text, str):
             raise TypeError(f"text must be a str, got {type(text).__name__}")
         if not text:
@@ -19,7 +21,7 @@ class CharTokenizer:
         self.stoi = {ch: i for i, ch in enumerate(self.chars)}
 
     @classmethod
-    def from_vocabulary(cls, chars):
+    def from_vocabulary(cls, chars: Iterable[str]) -> "CharTokenizer":
         """Rebuild a tokenizer from its saved character list (in id order)."""
         chars = list(chars)
         if len(set(chars)) != len(chars) or any(len(c) != 1 for c in chars):
@@ -30,10 +32,10 @@ class CharTokenizer:
         return tok
 
     @property
-    def vocab_size(self):
+    def vocab_size(self) -> int:
         return len(self.chars)
 
-    def encode(self, text):
+    def encode(self, text: str) -> list[int]:
         """str -> list of ids. A character outside the vocabulary raises ValueError."""
         if not isinstance(text, str):
             raise TypeError(f"encode takes a str, got {type(text).__name__}")
@@ -45,7 +47,7 @@ class CharTokenizer:
                 f"character {ch!r} at position {text.index(ch)} is not in the vocabulary"
             ) from None
 
-    def decode(self, ids):
+    def decode(self, ids) -> str:
         """list or 1-D array of ids -> str. An id outside [0, vocab_size) raises ValueError."""
         ids = np.asarray(ids)
         if ids.size and not np.issubdtype(ids.dtype, np.integer):

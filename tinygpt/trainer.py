@@ -14,7 +14,7 @@ from .model import TinyGPT
 from .optim import AdamW, WeightAverage, clip_grad_norm, lr_at
 
 
-def evaluate(model, tokens, batch_size, seq_len):
+def evaluate(model: TinyGPT, tokens, batch_size: int, seq_len: int) -> float:
     """Mean next-token loss over every non-overlapping seq_len window of ``tokens``."""
     total, count = 0.0, 0
     for x, y in data.sequential_batches(tokens, batch_size, seq_len):
@@ -62,11 +62,11 @@ class Trainer:
         self.epoch_rng_state = self.rng.bit_generator.state
         self.batches_done_in_epoch = 0
         self.stop_requested = False  # set (e.g. by a SIGINT handler) to end run() after a step
-        self.history = {"step": [], "train_loss": [], "lr": [], "grad_norm": [],
+        self.history: dict[str, list] = {"step": [], "train_loss": [], "lr": [], "grad_norm": [],
                         "tokens_per_sec": [], "eval_step": [], "eval_seconds": [], "val_loss": [],
                         "val_perplexity": []}
         self.seconds_before = 0.0  # training time spent before this run() (by earlier sessions)
-        self._run_start = None
+        self._run_start: Optional[float] = None
 
     def _check_tokens(self, model, tokens, name):
         """A 1-D id array with at least one (seq_len + 1) window, every id in the vocabulary."""
@@ -90,7 +90,7 @@ class Trainer:
             self.epoch_rng_state = self.rng.bit_generator.state
             self.batches_done_in_epoch = 0
 
-    def state(self):
+    def state(self) -> dict:
         """JSON-able training state (with the model and optimizer, all a resume needs)."""
         return {"step": self.step, "epoch_rng_state": self.epoch_rng_state,
                 "batches_done_in_epoch": self.batches_done_in_epoch, "history": self.history,
@@ -129,7 +129,7 @@ class Trainer:
         """Context in which the model holds the weights to evaluate: the average, if kept."""
         return self.average.applied() if self.average is not None else contextlib.nullcontext()
 
-    def run(self):
+    def run(self) -> dict:
         """Train until ``total_steps``; evaluate every ``eval_interval`` steps and at the end."""
         h = self.history
         self._run_start = time.perf_counter()
