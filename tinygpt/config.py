@@ -30,7 +30,9 @@ def _setting(default, help, resumable=False):
 class TrainConfig:
     """How to train: the optimizer, the schedule, the batches. Defaults are the lab's."""
     epochs: int = _setting(10, "passes over the training data", resumable=True)
-    batch_size: int = _setting(32, "sequences per step")
+    batch_size: int = _setting(32, "sequences per step (the global batch, over every rank)")
+    grad_accum: int = _setting(1, "micro-batches per rank whose gradients are summed before each "
+                                  "step (the batch must divide by ranks x grad_accum)")
     seq_len: int = _setting(64, "characters per training sequence")
     lr: float = _setting(1e-3, "peak learning rate (linear warmup, then cosine decay to a tenth)")
     warmup_steps: int = _setting(100, "steps of linear learning-rate warmup")
@@ -49,7 +51,8 @@ class TrainConfig:
         for f in dataclasses.fields(self):  # numbers come out as plain int and float
             value = _checked(f.name, getattr(self, f.name), _hints(type(self))[f.name])
             object.__setattr__(self, f.name, value)
-        for name in ("epochs", "batch_size", "seq_len", "eval_interval", "max_steps"):
+        for name in ("epochs", "batch_size", "grad_accum", "seq_len", "eval_interval",
+                     "max_steps"):
             _at_least(name, getattr(self, name), 1)
         for name in ("warmup_steps", "weight_decay", "max_grad_norm", "ema_decay"):
             _at_least(name, getattr(self, name), 0)
@@ -64,8 +67,8 @@ class RunConfig(TrainConfig):
     """A command-line run: the model's shape, the data, the output files, and training with the
     best measured recipe (docs/results.md has the runs behind these defaults)."""
     epochs: int = _setting(12, "passes over the training data", resumable=True)
-    batch_size: int = _setting(16, "sequences per step (the lab suggests 64; 16 reaches a lower "
-                                   "val loss in the same time)")
+    batch_size: int = _setting(16, "sequences per step, over every rank (the lab suggests 64; 16 "
+                                   "reaches a lower val loss in the same time)")
     seq_len: int = _setting(128, "characters per training sequence")
     lr: float = _setting(2.5e-3, "peak learning rate (the lab suggests 1e-3; 2.5e-3 reaches a "
                                  "lower val loss in the same time)")

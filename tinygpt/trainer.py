@@ -8,21 +8,25 @@ from typing import Callable, Optional
 import numpy as np
 from tqdm.auto import tqdm
 
-from . import data, ops
+from . import data, distributed, ops
 from .config import TrainConfig
 from .model import TinyGPT
 from .optim import AdamW, WeightAverage, clip_grad_norm, lr_at
 
 
-def evaluate(model: TinyGPT, tokens, batch_size: int, seq_len: int) -> float:
-    """Mean next-token loss over every non-overlapping seq_len window of ``tokens``."""
-    total, count = 0.0, 0
-    for x, y in data.sequential_batches(tokens, batch_size, seq_len):
+def evaluate(model: TinyGPT, tokens, batch_size: int, seq_len: int, group=None) -> float:
+    """Mean next-token loss over every non-overlapping seq_len window of ``tokens``. With a
+    process group, the ranks take the batches in turn and their sums are added up."""
+    group = group or distributed.SingleProcess()
+    sums = np.zeros(2)  # loss x tokens, tokens
+    for i, (x, y) in enumerate(data.sequential_batches(tokens, batch_size, seq_len)):
+        if i % group.size != group.rank:
+            continue
         logits = model.forward(x)
         loss, _ = ops.softmax_cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
-        total += loss * y.size
-        count += y.size
-    return total / count
+        sums += loss * y.size, y.size
+    group.allreduce_sum(sums)
+    return float(sums[0] / sums[1])
 
 
 class Trainer:
@@ -32,7 +36,7 @@ class Trainer:
     """
 
     def __init__(self, model: TinyGPT, train_data, config: TrainConfig = TrainConfig(), *,
-                 val_data=None, callback: Optional[Callable[[dict], None]] = None):
+                 val_data=None, callback: Optional[Callable[[dict], None]] = None, group=None):
         if not isinstance(model, TinyGPT):
             raise TypeError(f"model must be a TinyGPT, got {type(model).__name__}")
         if not isinstance(config, TrainConfig):
@@ -40,6 +44,11 @@ class Trainer:
         if config.seq_len > model.config.max_seq_len:
             raise ValueError(f"seq_len {config.seq_len} exceeds the model's max_seq_len "
                              f"{model.config.max_seq_len}")
+        self.group = group or distributed.SingleProcess()
+        shares = self.group.size * config.grad_accum
+        if config.batch_size % shares:
+            raise ValueError(f"batch_size {config.batch_size} must divide by the number of ranks "
+                             f"({self.group.size}) times grad_accum ({config.grad_accum})")
         self.config = config
         self.seq_len, self.batch_size = config.seq_len, config.batch_size
         self.train_data = self._check_tokens(model, train_data, "train_data")
@@ -67,6 +76,9 @@ class Trainer:
                         "val_perplexity": []}
         self.seconds_before = 0.0  # training time spent before this run() (by earlier sessions)
         self._run_start: Optional[float] = None
+        self._grad_sum = None  # the micro-batches' gradient sum, when there are several
+        self._stop_agreed = False  # with several ranks: whether any asked to stop, as of the
+        # last step (a rank's own stop_requested may change at any moment, a Ctrl-C handler)
 
     def _check_tokens(self, model, tokens, name):
         """A 1-D id array with at least one (seq_len + 1) window, every id in the vocabulary."""
@@ -106,17 +118,59 @@ class Trainer:
     def _seconds_this_run(self):
         return 0.0 if self._run_start is None else time.perf_counter() - self._run_start
 
-    def train_step(self, x, y):
-        """Forward, backward, clip, AdamW: returns (loss, lr, grad norm before clipping).
+    def _shares(self, rows):
+        """This rank's micro-batches of a global batch of ``rows`` rows: [(slot, start, stop)].
+        The batch is cut into ranks x grad_accum slots as evenly as it goes (a short last
+        batch of an epoch may leave some empty); rank r takes slots r*A .. r*A + A - 1."""
+        slots = self.group.size * self.config.grad_accum
+        cuts = [slot * rows // slots for slot in range(slots + 1)]
+        first = self.group.rank * self.config.grad_accum
+        return [(slot, cuts[slot], cuts[slot + 1])
+                for slot in range(first, first + self.config.grad_accum)]
 
-        Dropout masks (when the model has dropout) come from a generator seeded by (seed,
-        step), so a resumed run draws the same ones without carrying any RNG state.
+    def _gradients(self, x, y):
+        """Fill model.grads with the gradient of the mean loss over the whole global batch
+        (x, y) (B, T), summed over the ranks; returns that loss.
+
+        One process with one micro-batch is a plain loss + backward. Otherwise each
+        micro-batch's gradient is weighted by its share of the rows, summed into a buffer, and
+        the buffer is summed over the ranks by one Allreduce. Dropout masks come from a
+        generator seeded by (seed, step[, slot]), so a resumed run draws the same ones without
+        carrying any RNG state.
         """
-        rng = np.random.default_rng([self.config.seed, self.step])
-        loss = self.model.loss(x, y, dropout_rng=rng)
+        model, seed, shares = self.model, self.config.seed, self._shares(len(x))
+        if self.group.size == 1 and len(shares) == 1:
+            loss = model.loss(x, y, dropout_rng=np.random.default_rng([seed, self.step]))
+            model.backward()
+            return loss
+        if self._grad_sum is None:
+            self._grad_sum = np.empty_like(model.grads)
+        self._grad_sum[...] = 0.0
+        loss = 0.0
+        for slot, start, stop in shares:
+            if start == stop:
+                continue
+            weight = (stop - start) / len(x)
+            rng = np.random.default_rng([seed, self.step, slot])
+            loss += weight * model.loss(x[start:stop], y[start:stop], dropout_rng=rng)
+            model.backward()
+            model.grads *= weight
+            self._grad_sum += model.grads
+        model.grads[...] = self._grad_sum
+        self.group.allreduce_sum(model.grads)
+        return loss
+
+    def train_step(self, x, y):
+        """Gradients of the global batch (x, y), clip, AdamW: returns (loss, lr, grad norm
+        before clipping). With several ranks, every rank sees the same summed loss and the
+        same stop request, so all of them stop, or fail, at the same step."""
+        loss = self._gradients(x, y)
+        if self.group.size > 1:
+            shared = np.array([loss, float(self.stop_requested)])
+            self.group.allreduce_sum(shared)
+            loss, self._stop_agreed = float(shared[0]), bool(shared[1])
         if not math.isfinite(loss):
             raise FloatingPointError(f"loss became {loss} at step {self.step}; stopping")
-        self.model.backward()
         grad_norm = clip_grad_norm(self.model.grads, self.config.max_grad_norm)
         lr = lr_at(self.step, self.config.lr, self.config.warmup_steps, self.total_steps)
         self.optimizer.step(lr)
@@ -124,6 +178,11 @@ class Trainer:
             self.average.update()
         self.step += 1
         return loss, lr, grad_norm
+
+    def stopping(self) -> bool:
+        """Whether training stops before the next step: asked for (``stop_requested``, by any
+        rank as of the last step)."""
+        return self._stop_agreed if self.group.size > 1 else self.stop_requested
 
     def eval_weights(self):
         """Context in which the model holds the weights to evaluate: the average, if kept."""
@@ -134,7 +193,7 @@ class Trainer:
         h = self.history
         self._run_start = time.perf_counter()
         for index, x, y in self._batches():
-            if self.step >= self.total_steps or self.stop_requested:
+            if self.step >= self.total_steps or self.stopping():
                 break
             start = time.perf_counter()
             loss, lr, grad_norm = self.train_step(x, y)
@@ -147,8 +206,10 @@ class Trainer:
                     "grad_norm": grad_norm, "tokens_per_sec": tokens_per_sec}
             if self.val_data is not None and (self.step % self.eval_interval == 0
                                               or self.step == self.total_steps):
+                self.group.check_same_parameters(self.model.params, self.step)
                 with self.eval_weights():
-                    val_loss = evaluate(self.model, self.val_data, self.batch_size, self.seq_len)
+                    val_loss = evaluate(self.model, self.val_data, self.batch_size, self.seq_len,
+                                        self.group)
                 h["eval_step"].append(self.step)
                 h["eval_seconds"].append(self.seconds_before + self._seconds_this_run())
                 h["val_loss"].append(val_loss)
