@@ -1,4 +1,5 @@
-"""The tinygpt model written in PyTorch, for the benchmark's step-time comparison only.
+"""The tinygpt model written in PyTorch: the benchmark's step-time comparison, and the
+independent oracle that bench/make_torch_oracle.py writes into tests/fixtures/.
 
 Same architecture, shapes and parameter count as ``tinygpt.TinyGPT``: learned token and position
 embeddings, pre-LayerNorm blocks (fused q/k/v projection, causal attention through
@@ -59,31 +60,42 @@ class TorchGPT(nn.Module):
             if isinstance(module, nn.Linear) and module.bias is not None:
                 nn.init.zeros_(module.bias)
 
-    def forward(self, idx, targets):
+    def logits(self, idx):
+        """Token ids (B, T) -> logits (B, T, vocab)."""
         T = idx.shape[1]
         x = self.wte(idx) + self.wpe(torch.arange(T, device=idx.device))
         for block in self.blocks:
             x = block(x)
-        logits = self.head(self.ln_f(x))
+        return self.head(self.ln_f(x))
+
+    def forward(self, idx, targets):
+        logits = self.logits(idx)
         return F.cross_entropy(logits.view(-1, logits.shape[-1]), targets.reshape(-1),
                                ignore_index=-1)
+
+
+def tinygpt_parameters(torch_model):
+    """[(tinygpt name, torch parameter, transposed)]: where each of a TinyGPT's parameters sits
+    in ``torch_model``; transposed where tinygpt keeps the matrix as (in, out)."""
+    pairs = [("wte", torch_model.wte.weight, False), ("wpe", torch_model.wpe.weight, False),
+             ("lnf_w", torch_model.ln_f.weight, False), ("lnf_b", torch_model.ln_f.bias, False),
+             ("head_w", torch_model.head.weight, True)]
+    for i, block in enumerate(torch_model.blocks):
+        h = f"h{i}."
+        for layer, name in ((block.ln1, "ln1"), (block.ln2, "ln2")):
+            pairs += [(h + name + "_w", layer.weight, False), (h + name + "_b", layer.bias, False)]
+        for layer, name in ((block.attn, "attn"), (block.proj, "proj"), (block.fc, "fc"),
+                            (block.fc2, "fc2")):
+            pairs += [(h + name + "_w", layer.weight, True), (h + name + "_b", layer.bias, False)]
+    return pairs
 
 
 def load_tinygpt_weights(torch_model, tiny_model):
     """Copy a TinyGPT's parameters into ``torch_model`` (linear weights are transposed)."""
     p = tiny_model.p
-    pairs = [(torch_model.wte.weight, p["wte"]), (torch_model.wpe.weight, p["wpe"]),
-             (torch_model.ln_f.weight, p["lnf_w"]), (torch_model.ln_f.bias, p["lnf_b"]),
-             (torch_model.head.weight, p["head_w"].T)]
-    for i, block in enumerate(torch_model.blocks):
-        h = f"h{i}."
-        for layer, name in ((block.ln1, "ln1"), (block.ln2, "ln2")):
-            pairs += [(layer.weight, p[h + name + "_w"]), (layer.bias, p[h + name + "_b"])]
-        for layer, name in ((block.attn, "attn"), (block.proj, "proj"), (block.fc, "fc"),
-                            (block.fc2, "fc2")):
-            pairs += [(layer.weight, p[h + name + "_w"].T), (layer.bias, p[h + name + "_b"])]
     with torch.no_grad():
-        for dst, src in pairs:
+        for name, dst, transposed in tinygpt_parameters(torch_model):
+            src = p[name].T if transposed else p[name]
             dst.copy_(torch.from_numpy(src.copy()))
 
 
