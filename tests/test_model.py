@@ -6,6 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tinygpt import TinyGPT
+from tinygpt import model as model_module
 from tinygpt.model import _views
 from tinygpt.optim import AdamW
 
@@ -117,14 +118,15 @@ def test_backward_needs_a_loss_first():
 
 
 @settings(max_examples=20, deadline=None)
-@given(t=st.integers(0, 5), new_token=st.integers(0, 6), seed=st.integers(0, 2**16))
-def test_changing_token_t_never_changes_earlier_logits(t, new_token, seed):
+@given(t=st.integers(0, 5), shift=st.integers(1, 6), seed=st.integers(0, 2**16))
+def test_changing_token_t_never_changes_earlier_logits(t, shift, seed):
     model = tiny_model(dtype=np.float64)
     x = np.random.default_rng(seed).integers(0, 7, (2, 6))
     changed = x.copy()
-    changed[:, t] = new_token
+    changed[:, t] = (x[:, t] + shift) % 7  # always another token: never forward(x) twice
     before, after = model.forward(x), model.forward(changed)
     np.testing.assert_array_equal(before[:, :t], after[:, :t])
+    assert not np.allclose(before[:, t], after[:, t])  # the change did reach the model
 
 
 def test_causality_holds_on_both_backends(backend):
@@ -222,7 +224,9 @@ def test_generate_returns_prompt_plus_new_tokens_and_crops_context():
     assert out.shape == (22,)
     np.testing.assert_array_equal(out[:10], prompt)
     assert out.min() >= 0 and out.max() < 11
+    # the seed fixes the draws, and they are draws: other seeds give other tokens
     np.testing.assert_array_equal(out, model.generate(prompt, 12, seed=0))
+    assert any(not np.array_equal(out, model.generate(prompt, 12, seed=s)) for s in (1, 2, 3))
     assert model.generate(np.array([[1, 2], [3, 4]]), 3, seed=0).shape == (2, 5)
 
 
@@ -269,6 +273,48 @@ def test_kv_cache_generation_matches_full_recomputation(prompt_len, new, kwargs)
         cached = model.generate(prompt, new, seed=seed, use_cache=True, **kwargs)
         full = model.generate(prompt, new, seed=seed, use_cache=False, **kwargs)
         np.testing.assert_array_equal(cached, full)
+
+
+@pytest.mark.parametrize("batch,prompt_len", [(1, 1), (2, 3)])
+def test_cached_decoder_logits_equal_a_full_forward_at_every_position(backend, monkeypatch,
+                                                                      batch, prompt_len):
+    """Not only the sampled ids: the logits generate samples from at each step (the prompt's
+    forward, then one _decode_step per position up to max_seq_len, then the moved window read
+    again) equal a full forward's on the same context, in float64, to 1e-10 relative."""
+    max_len, V = 20, 11
+    model = tiny_model(vocab_size=V, d_model=16, n_heads=2, n_layers=2, max_seq_len=max_len)
+    rng = np.random.default_rng(batch)
+    prompt = rng.integers(0, V, (batch, prompt_len))
+    new = max_len - prompt_len + 4  # goes 4 tokens past max_seq_len: the window moves
+    chosen = rng.integers(0, V, (new, batch))  # what the patched sampler picks at each step
+    seen, positions = [], []
+
+    def sampler(logits, *args):  # records generate's logits, then picks the next chosen ids
+        seen.append(logits.copy())
+        return chosen[len(seen) - 1]
+
+    decode_step = model._decode_step
+
+    def counting_decode_step(ids, position, kv_cache):
+        positions.append(position)
+        return decode_step(ids, position, kv_cache)
+
+    monkeypatch.setattr(model_module, "sample_next", sampler)
+    monkeypatch.setattr(model, "_decode_step", counting_decode_step)
+    out = model.generate(prompt[0] if batch == 1 else prompt, new, use_cache=True)
+    ids = np.concatenate([prompt, chosen.T], axis=1)
+    np.testing.assert_array_equal(np.atleast_2d(out), ids)
+    assert positions == list(range(prompt_len, max_len))  # the cache served every position
+    assert len(seen) == new
+    for step, logits in enumerate(seen):
+        context = ids[:, :prompt_len + step][:, -max_len:]
+        expected = model.forward(context)[:, -1]  # (B, V)
+        assert logits.shape == (batch, V) and logits.dtype == np.float64
+        rel = np.linalg.norm(logits - expected) / np.linalg.norm(expected)
+        assert rel < 1e-10, f"step {step} (context {context.shape[1]}): relative {rel:.2e}"
+        # elementwise too, with an atol at the logits' scale (a logit may sit near 0)
+        np.testing.assert_allclose(logits, expected, rtol=1e-10,
+                                   atol=1e-10 * np.abs(expected).max(), err_msg=f"step {step}")
 
 
 def test_generate_streams_each_new_token():
