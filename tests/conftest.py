@@ -1,9 +1,19 @@
-"""Shared fixtures: the real data set (found as the package finds it) and small random texts."""
+"""Shared fixtures: the real data set (found as the package finds it) and small random texts;
+and the Hypothesis profile every property test runs under."""
 import numpy as np
 import pytest
+from hypothesis import settings
 
 from tinygpt import data, ops
 
+# Property tests draw the same examples on every run and every machine (derandomize: examples
+# come from a hash of the test, not from a random seed), and keep no example database, so a CI
+# failure is a failure of the code, reproducible locally, not of a lucky draw or a stale
+# .hypothesis directory. No deadline: timing on a loaded machine is not a property. Each test
+# keeps its own max_examples.
+settings.register_profile("tinygpt", derandomize=True, database=None, deadline=None,
+                          print_blob=True)
+settings.load_profile("tinygpt")
 
 
 @pytest.fixture(scope="session")
