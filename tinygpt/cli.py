@@ -1,6 +1,6 @@
 """The ``tinygpt`` command: one entry point for every subcommand.
 
-    tinygpt train | sample | eval | export | plot [options]
+    tinygpt train | sample | eval | export | plot | prepare [options]
 
 Each subcommand is also ``python -m tinygpt.<name>``; ``tinygpt <name> --help`` lists its options.
 """
@@ -15,6 +15,7 @@ COMMANDS = {
     "eval": "loss, perplexity and bits per character on the validation split or any text",
     "export": "write a checkpoint as safetensors or as a Hugging Face GPT-2 directory",
     "plot": "redraw OUT_DIR/loss.png from OUT_DIR/history.json",
+    "prepare": "encode a large text file into a token directory to train from disk",
 }
 
 
