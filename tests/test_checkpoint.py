@@ -94,3 +94,15 @@ def test_files_are_written_with_the_users_umask(tmp_path, umask):
         os.umask(previous)
     mode = stat.S_IMODE((tmp_path / "ckpt.npz").stat().st_mode)
     assert mode == 0o666 & ~umask == stat.S_IMODE((tmp_path / "plain").stat().st_mode)
+
+
+def test_a_folder_or_a_single_array_is_no_checkpoint_and_says_what_it_is(tmp_path):
+    folder = tmp_path / "ckpt.npz"
+    folder.mkdir()
+    with pytest.raises(CheckpointError, match="is a folder, not a checkpoint file"):
+        load_checkpoint(folder)
+    single = tmp_path / "array.npz"
+    with open(single, "wb") as f:
+        np.save(f, np.zeros(3))
+    with pytest.raises(CheckpointError, match=r"single NumPy array \(\.npy\)"):
+        load_checkpoint(single)

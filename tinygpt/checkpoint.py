@@ -47,12 +47,46 @@ def save_checkpoint(path, model: TinyGPT, tokenizer: CharTokenizer, optimizer=No
     atomic_write_bytes(path, buffer.getvalue())
 
 
+def _unreadable(path, reason):
+    return CheckpointError(f"{path} is not a readable tinygpt checkpoint: {reason}")
+
+
+def _reason(err):
+    """Why a file could not be read, in words that never suggest unpickling it: NumPy's own
+    messages about object arrays advise allow_pickle=True, which would run the file's code."""
+    if isinstance(err, KeyError):
+        return f"it has no {err.args[0]!r} entry"
+    text = str(err)
+    if "pickle" in text.lower() or "object arrays" in text.lower():
+        return "it holds pickled Python objects, which tinygpt never loads"
+    return text
+
+
+def _not_an_npz(path):
+    """Why a file that is not a zip archive is no checkpoint: what it looks like instead."""
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if not head:
+        return "the file is empty"
+    if head.startswith(b"\x93NUMPY"):
+        return "it is a single NumPy array (.npy), not an .npz archive"
+    if head[:1] == b"\x80":
+        return "it is a Python pickle, which tinygpt never loads"
+    return "it is not an .npz (zip) archive, or it is cut short"
+
+
 def load_checkpoint(path) -> tuple[TinyGPT, CharTokenizer, dict, Optional[dict]]:
-    """Read a checkpoint -> (model, tokenizer, meta dict, optimizer state dict or None)."""
+    """Read a checkpoint -> (model, tokenizer, meta dict, optimizer state dict or None).
+
+    Never unpickles: a file holding Python objects is refused with CheckpointError."""
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a folder, not a checkpoint file")
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     try:
+        if not zipfile.is_zipfile(path):
+            raise _unreadable(path, _not_an_npz(path))
         with np.load(path, allow_pickle=False) as f:
             arrays = {name: f[name] for name in f.files}
         meta = json.loads(str(arrays["meta"]))
@@ -63,8 +97,10 @@ def load_checkpoint(path) -> tuple[TinyGPT, CharTokenizer, dict, Optional[dict]]
             raise ValueError(f"params has shape {params.shape}, config needs {model.params.shape}")
         model.params[...] = params
         tokenizer = CharTokenizer.from_vocabulary(vocab)
+    except CheckpointError:
+        raise
     except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as err:
-        raise CheckpointError(f"{path} is not a readable tinygpt checkpoint: {err}") from None
+        raise _unreadable(path, _reason(err)) from None
     if tokenizer.vocab_size != model.config.vocab_size:
         raise CheckpointError(f"{path}: vocabulary has {tokenizer.vocab_size} characters, "
                               f"model expects {model.config.vocab_size}")
