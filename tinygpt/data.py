@@ -27,7 +27,10 @@ def _sha256(data):
 
 
 def _read_verified(path):
-    data = Path(path).read_bytes()
+    try:
+        data = Path(path).read_bytes()
+    except OSError as err:
+        raise type(err)(f"cannot read {path}: {err.strerror or err}") from None
     if _sha256(data) != SHA256:
         raise ValueError(
             f"{path} is not tiny_shakespeare (sha256 {_sha256(data)[:12]}..., expected {SHA256[:12]}...)"
@@ -49,7 +52,8 @@ def dataset_path() -> Path:
     env = os.environ.get("TINYGPT_DATA")
     if env:
         if not Path(env).is_file():
-            raise FileNotFoundError(f"TINYGPT_DATA points to {env}, which does not exist")
+            what = "is not a file" if Path(env).exists() else "does not exist"
+            raise FileNotFoundError(f"TINYGPT_DATA points to {env}, which {what}")
         return Path(env)
     cached = cache_dir() / FILENAME
     if not cached.is_file():
@@ -74,12 +78,16 @@ def load_text(path=None) -> str:
     if path is None:
         return _read_verified(dataset_path())
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"data file {path} is a folder, not a text file")
     if not path.is_file():
         raise FileNotFoundError(f"data file {path} does not exist")
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as err:
         raise ValueError(f"data file {path} is not UTF-8 text: {err}") from None
+    except OSError as err:
+        raise type(err)(f"cannot read data file {path}: {err.strerror or err}") from None
     if not text:
         raise ValueError(f"data file {path} is empty")
     return text
