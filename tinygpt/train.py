@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import data, export, ops
+from . import data, export, files, ops
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import RunConfig, load_toml, resumable, setting_type
 from .files import atomic_write_text
@@ -21,6 +21,7 @@ from .tokenizer import CharTokenizer
 from .trainer import Trainer
 
 CLI_ONLY = ("config", "resume")  # flags that are not settings
+OUTPUTS = ("ckpt.npz", "best.npz", "history.json", "loss.png", "samples.txt")  # in --out-dir
 
 
 def flag(name):
@@ -94,15 +95,23 @@ def _encode_prompt(tokenizer, prompt):
         return [0]
 
 
-class _Run:
-    """One command-line run: the trainer plus the files it keeps in the out dir."""
+def _sample_entry(header, text):
+    return f"=== {header} ===\n{text}\n"
 
-    def __init__(self, config, trainer, tokenizer, resumed):
+
+class _Run:
+    """One command-line run: the trainer plus the files it keeps in the out dir.
+
+    Every file is written atomically, and ckpt.npz last at each step that writes several: it
+    is what a resume starts from, so a run killed at any moment resumes to the same files.
+    The samples ride in the checkpoint, so samples.txt never gets one twice after a resume.
+    """
+
+    def __init__(self, config, trainer, tokenizer, samples):
         self.config, self.trainer, self.tokenizer = config, trainer, tokenizer
         self.out = Path(config.out_dir)
-        self.samples = []
-        if resumed and (self.out / "samples.txt").is_file():
-            self.samples.append((self.out / "samples.txt").read_text(encoding="utf-8"))
+        self.samples = list(samples)
+        self.saved_step = None  # the step of the last ckpt.npz this run wrote
         self.progress = None
 
     def sample(self, n_tokens, temperature=0.8):
@@ -116,15 +125,34 @@ class _Run:
         """Checkpoint, history and (if ``plot``) loss plot, each written atomically."""
         t = self.trainer
         save_checkpoint(self.out / name, t.model, self.tokenizer, t.optimizer, t.step,
-                        extra={"config": self.config.to_dict(), "trainer": t.state()}, average=t.average)
+                        extra={"config": self.config.to_dict(), "trainer": t.state(),
+                               "samples": self.samples}, average=t.average)
         if name == "ckpt.npz":
+            self.saved_step = t.step
             atomic_write_text(self.out / "history.json", json.dumps(t.history, indent=1))
             if plot and t.history["step"]:
                 plot_history(t.history, self.out / "loss.png")
 
     def add_sample(self, header, text):
-        self.samples.append(f"=== {header} ===\n{text}\n")
+        self.samples.append(_sample_entry(header, text))
+        self.write_samples()
+
+    def write_samples(self):
         atomic_write_text(self.out / "samples.txt", "\n".join(self.samples))
+
+    def finish(self):
+        """The end of a run: the final sample (unless stopped early), then ckpt.npz, history,
+        plot and samples.txt. Returns the final sample, or None."""
+        t, sample = self.trainer, None
+        header = f"final, step {t.step}"
+        if not t.stop_requested:
+            sample = self.sample(self.config.sample_tokens)
+            if not (self.samples and self.samples[-1] == _sample_entry(header, sample)):
+                self.samples.append(_sample_entry(header, sample))  # not yet in a resumed run
+        self.save()
+        if sample is not None:
+            self.write_samples()
+        return sample
 
     def on_step(self, info):
         self.progress.step(info)
@@ -164,6 +192,12 @@ def _read_text(config, tokenizer=None):
                          f"{''.join(missing)!r}; fine-tuning needs a text written in the "
                          f"model's {tokenizer.vocab_size} characters")
     train_ids, val_ids = data.split(np.array(tokenizer.encode(text), dtype=np.int32))
+    for part, ids in (("training part (the first 90%)", train_ids),
+                      ("validation part (the last 10%)", val_ids)):
+        if len(ids) < config.seq_len + 1:
+            raise ValueError(f"{config.data or 'tiny_shakespeare'} is too short for --seq-len "
+                             f"{config.seq_len}: its {part} has {len(ids)} characters, and "
+                             f"needs at least {config.seq_len + 1}")
     return tokenizer, train_ids, val_ids
 
 
@@ -178,7 +212,7 @@ def _start(requested):
     config = RunConfig.from_dict(requested, source="settings")
     if config.init_from is None:
         tokenizer, train_ids, val_ids = _read_text(config)
-        return config, _new_trainer(config, tokenizer, train_ids, val_ids), tokenizer
+        return config, _new_trainer(config, tokenizer, train_ids, val_ids), tokenizer, []
     source, tokenizer = export.load_model(config.init_from)
     shape = {name: getattr(source.config, name)
              for name in ("d_model", "n_heads", "n_layers", "max_seq_len")}
@@ -191,7 +225,16 @@ def _start(requested):
     config = RunConfig.from_dict({**requested, **shape}, source=f"--init-from {config.init_from}")
     trainer = _new_trainer(config, *_read_text(config, tokenizer))
     trainer.model.params[...] = source.params
-    return config, trainer, tokenizer
+    return config, trainer, tokenizer, []
+
+
+def _saved_samples(meta, out):
+    """The samples a resumed run continues: those in its checkpoint, or (a checkpoint written
+    before samples went into it) samples.txt as it stands."""
+    if "samples" in meta["extra"]:
+        return [str(entry) for entry in meta["extra"]["samples"]]
+    path = Path(out) / "samples.txt"
+    return [path.read_text(encoding="utf-8", errors="replace")] if path.is_file() else []
 
 
 def _resume(requested):
@@ -217,7 +260,7 @@ def _resume(requested):
     if trainer.total_steps < trainer.step:
         raise ValueError(f"the run in {path} is at step {trainer.step}, past the "
                          f"{trainer.total_steps} steps asked for")
-    return config, trainer, tokenizer
+    return config, trainer, tokenizer, _saved_samples(meta, config.out_dir)
 
 
 def _settings(args):
@@ -228,14 +271,25 @@ def _settings(args):
     return requested, given.get("resume", False)
 
 
+def _prepare_out_dir(out):
+    """Before any training step: --out-dir exists (created if need be) and takes files, and
+    what writes killed mid-write (SIGKILL, a power cut) left there is cleared away."""
+    files.check_writable(out, OUTPUTS)
+    removed = files.remove_stale_temps(out, OUTPUTS)
+    if removed:
+        print(f"tinygpt: removed {', '.join(p.name for p in removed)} (left by a run killed "
+              f"while writing)", flush=True)
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         requested, resuming = _settings(args)
         if requested.get("threads") is not None:
             ops.set_num_threads(requested["threads"])
-        config, trainer, tokenizer = _resume(requested) if resuming else _start(requested)
-    except (OSError, ValueError, UnicodeDecodeError) as err:
+        config, trainer, tokenizer, samples = (_resume if resuming else _start)(requested)
+        _prepare_out_dir(config.out_dir)
+    except (OSError, ValueError) as err:  # bad settings, data, checkpoint or --out-dir
         print(f"error: {err}", file=sys.stderr)
         return 2
     model = trainer.model
@@ -244,23 +298,29 @@ def main(argv=None) -> int:
           f"{'resuming at step ' + str(trainer.step) + ' of ' if resuming else ''}"
           f"{trainer.total_steps} steps | {ops.get_num_threads()} threads | "
           f"backend {ops.backend_summary()}", flush=True)
-    run = _Run(config, trainer, tokenizer, resuming)
+    run = _Run(config, trainer, tokenizer, samples)
     run.progress = _Progress(trainer)
     trainer.callback = run.on_step
     previous_handler = _handle_sigint(trainer)
     try:
-        trainer.run()
-        run.progress.close()
-        run.save()
+        try:
+            trainer.run()
+        finally:
+            run.progress.close()
+        sample = run.finish()
     except FloatingPointError as err:
-        run.progress.close()
         print(f"error: {err}. The last good checkpoint in {run.out} is untouched.",
               file=sys.stderr)
         return 1
-    except OSError as err:
-        run.progress.close()
-        print(f"error: cannot write to {run.out}: {err}", file=sys.stderr)
+    except OSError as err:  # a write failed: files.WriteError names the file and the reason
+        print(f"error: {err}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # a second Ctrl-C: no new checkpoint, the last one is whole
+        ckpt = run.out / "ckpt.npz"
+        kept = (f"{ckpt} holds step {run.saved_step}" if run.saved_step is not None else
+                f"{ckpt} is as it was" if resuming else "no checkpoint was written")
+        print(f"\ninterrupted: {kept}", file=sys.stderr)
+        return 130
     finally:
         signal.signal(signal.SIGINT, previous_handler)
     print(f"saved {run.out / 'ckpt.npz'}, history.json and loss.png at step {trainer.step}")
@@ -271,8 +331,6 @@ def main(argv=None) -> int:
     if history["val_loss"]:
         print(f"final val loss {history['val_loss'][-1]:.4f} | "
               f"val perplexity {history['val_perplexity'][-1]:.2f}")
-    sample = run.sample(config.sample_tokens)
-    run.add_sample(f"final, step {trainer.step}", sample)
     print(f"--- sample (temperature 0.8) ---\n{sample}\n---")
     print(f"saved {run.out / 'samples.txt'}")
     return 0
