@@ -345,6 +345,34 @@ def throughput(ms, flops, peak_gflops):
     return BATCH * SEQ_LEN / (ms / 1e3), gflops, gflops / peak_gflops
 
 
+# tinygpt's and PyTorch's loss before the first step, same weights and batch, both float32, must
+# agree to this relative tolerance, or the step times compare two different computations. They
+# differ by 2e-8 (0.2 float32 ulps) on three seeds here; a model that loses one layer's attention
+# output at initialization moves the loss by 6e-5 to 2e-4. 1e-5 leaves 400x the measured gap for
+# other PyTorch builds, CPUs and thread counts, and still catches a mistake of that size.
+FIRST_LOSS_RTOL = 1e-5
+
+
+class BenchmarkError(RuntimeError):
+    """A check of the benchmark's own soundness failed: its figures would mislead."""
+
+
+def check_first_loss(first_loss, rtol=FIRST_LOSS_RTOL):
+    """The relative difference of the first losses ({"tinygpt": ..., "torch": ...}), or None
+    without PyTorch; a difference above ``rtol`` (or a nan) raises BenchmarkError."""
+    tiny, torch_loss = first_loss["tinygpt"], first_loss["torch"]
+    if torch_loss is None:
+        return None
+    difference = abs(tiny - torch_loss) / abs(torch_loss)
+    if not difference <= rtol:
+        raise BenchmarkError(
+            f"tinygpt and PyTorch disagree on the loss of the same weights and batch before the "
+            f"first step: tinygpt {tiny!r}, pytorch {torch_loss!r}, relative difference "
+            f"{difference:.2e} > {rtol:g}. bench/torch_model.py no longer computes what "
+            f"tinygpt.TinyGPT does, so their step times would not be comparable")
+    return difference
+
+
 def bench_train_step(plan, threads, use_torch, peak_gflops):
     """Step time of tinygpt (backend "auto": kernels where built), tinygpt on NumPy only, and
     PyTorch, in turns."""
@@ -356,6 +384,7 @@ def bench_train_step(plan, threads, use_torch, peak_gflops):
                   "torch": None}
     if use_torch:
         contenders["torch"], first_loss["torch"] = torch_setup(threads, x, y, kernel_model)
+        check_first_loss(first_loss)  # a mismatch stops the benchmark before the timing
     log(f"training step: {', '.join(contenders)} x {plan.train_rounds} rounds")
     times = alternate(contenders, plan.train_rounds)
     ops.set_backend("auto")
@@ -550,7 +579,8 @@ def print_train_step(r):
     losses = t["first_loss"]
     if losses["torch"] is not None:
         print(f"same weights, loss before the first step: tinygpt {losses['tinygpt']:.6f}, "
-              f"pytorch {losses['torch']:.6f}")
+              f"pytorch {losses['torch']:.6f} (relative difference "
+              f"{check_first_loss(losses):.1e}, at most {FIRST_LOSS_RTOL:g})")
 
 
 def print_generate(r):
@@ -615,10 +645,20 @@ def parse_args(argv):
 
 
 def main(argv=None):
+    """Run the benchmark; returns the exit status: 0, or 1 when a check of its soundness (the
+    first losses of tinygpt and PyTorch) fails."""
     args = parse_args(argv)
     if args.memory_child:
         memory_child(args.memory_child, args.memory_steps, args.threads)
-        return
+        return 0
+    try:
+        return run_benchmark(args)
+    except BenchmarkError as err:
+        print(f"bench: FAILED: {err}", file=sys.stderr)
+        return 1
+
+
+def run_benchmark(args):
     mode = "smoke" if args.smoke else "quick" if args.quick else "full"
     plan = PLANS[mode]
     use_torch = not args.no_torch and torch_importable()
@@ -644,7 +684,8 @@ def main(argv=None):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(results, indent=2) + "\n")
         log(f"wrote {path}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
