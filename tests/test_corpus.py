@@ -57,7 +57,7 @@ def test_bad_inputs_and_unfinished_directories_are_clear_errors(tmp_path):
     (tmp_path / "latin.txt").write_bytes(b"caf\xe9")
     with pytest.raises(ValueError, match="latin.txt is not UTF-8"):
         corpus.prepare(tmp_path / "latin.txt", tmp_path / "out")
-    with pytest.raises(corpus.CorpusError, match="not a prepared corpus"):
+    with pytest.raises(corpus.CorpusError, match="a folder but not a prepared corpus"):
         corpus.load(tmp_path)
     (tmp_path / "good.txt").write_text("abcabc")
     corpus.prepare(tmp_path / "good.txt", tmp_path / "prep")

@@ -105,8 +105,8 @@ def load(directory) -> tuple[CharTokenizer, np.memmap]:
             raise ValueError(f"dtype {dtype.name} does not fit a vocabulary of "
                              f"{tokenizer.vocab_size}")
     except FileNotFoundError:
-        raise CorpusError(f"{directory} is not a prepared corpus (no {META}; make one with "
-                          f"tinygpt prepare --data TEXT --out {directory})") from None
+        raise CorpusError(f"{directory} is a folder but not a prepared corpus (it has no {META}; "
+                          f"make one with tinygpt prepare --data TEXT --out DIR)") from None
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise CorpusError(f"{meta_path} is not a valid prepared corpus: {err}") from None
     tokens = directory / TOKENS

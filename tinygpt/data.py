@@ -134,16 +134,17 @@ def epoch_batches(data, batch_size, seq_len, rng):
     slack = len(data) - 1 - n_windows * seq_len  # room left for the offset, >= 0
     offset = int(rng.integers(0, slack + 1))
     starts = offset + seq_len * rng.permutation(n_windows)
-    index = starts[:, None] + np.arange(seq_len + 1)
-    for i in range(0, n_windows, batch_size):
-        chunk = data[index[i:i + batch_size]].astype(np.int64)
+    window = np.arange(seq_len + 1)
+    for i in range(0, n_windows, batch_size):  # a batch's windows at a time: data may be a memmap
+        chunk = data[starts[i:i + batch_size, None] + window].astype(np.int64)
         yield chunk[:, :-1], chunk[:, 1:]
 
 
 def sequential_batches(data, batch_size, seq_len):
     """Every non-overlapping window from the start, in order (for evaluation)."""
     n_windows = (len(data) - 1) // seq_len
-    index = seq_len * np.arange(n_windows)[:, None] + np.arange(seq_len + 1)
-    for i in range(0, n_windows, batch_size):
-        chunk = data[index[i:i + batch_size]].astype(np.int64)
+    window = np.arange(seq_len + 1)
+    for i in range(0, n_windows, batch_size):  # a batch's windows at a time: data may be a memmap
+        starts = seq_len * np.arange(i, min(i + batch_size, n_windows))
+        chunk = data[starts[:, None] + window].astype(np.int64)
         yield chunk[:, :-1], chunk[:, 1:]

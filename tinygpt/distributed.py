@@ -31,6 +31,13 @@ def local_size() -> int:
     return 1
 
 
+def fair_share_of_cpus() -> int:
+    """The CPUs this process may run on (its affinity), divided among the ranks started on this
+    machine; at least 1."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, (cpus or 1) // local_size())
+
+
 class SingleProcess:
     """The group of one: every collective is the identity."""
     rank, size = 0, 1

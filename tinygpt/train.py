@@ -4,6 +4,7 @@ flags; ``--resume`` continues the run saved in --out-dir with its own settings."
 import argparse
 import dataclasses
 import json
+import os
 import signal
 import sys
 import time
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import data, export, files, ops
+from . import corpus, data, distributed, export, files, ops
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import RunConfig, load_toml, resumable, setting_type
 from .files import atomic_write_text
@@ -145,7 +146,7 @@ class _Run:
         plot and samples.txt. Returns the final sample, or None."""
         t, sample = self.trainer, None
         header = f"final, step {t.step}"
-        if not t.stop_requested:
+        if not t.stopping():
             sample = self.sample(self.config.sample_tokens)
             if not (self.samples and self.samples[-1] == _sample_entry(header, sample)):
                 self.samples.append(_sample_entry(header, sample))  # not yet in a resumed run
@@ -180,18 +181,29 @@ def _handle_sigint(trainer):
 
 
 def _read_text(config, tokenizer=None):
-    """(tokenizer, train ids, val ids) of the run's text. A given tokenizer (of a model being
-    fine-tuned or resumed) must cover every character of the text."""
-    text = data.load_text(config.data)
-    if tokenizer is None:
-        tokenizer = CharTokenizer(text)
-    missing = sorted(set(text) - set(tokenizer.chars))
-    if missing:
-        source = config.data or "tiny_shakespeare"
-        raise ValueError(f"{source} has {len(missing)} characters the model does not know: "
-                         f"{''.join(missing)!r}; fine-tuning needs a text written in the "
-                         f"model's {tokenizer.vocab_size} characters")
-    train_ids, val_ids = data.split(np.array(tokenizer.encode(text), dtype=np.int32))
+    """(tokenizer, train ids, val ids) of the run's text, or of the prepared corpus (a
+    directory from ``tinygpt prepare``, read through np.memmap). A given tokenizer (of a model
+    being fine-tuned or resumed) must cover every character of the text."""
+    if config.data is not None and Path(config.data).is_dir():
+        ids_tokenizer, ids = corpus.load(config.data)
+        if tokenizer is not None and tokenizer.chars != ids_tokenizer.chars:
+            raise ValueError(f"the prepared corpus {config.data} has another vocabulary than the "
+                             f"model ({ids_tokenizer.vocab_size} characters against "
+                             f"{tokenizer.vocab_size}); prepare its text again, or train from "
+                             f"the text file")
+        tokenizer = ids_tokenizer
+    else:
+        text = data.load_text(config.data)
+        if tokenizer is None:
+            tokenizer = CharTokenizer(text)
+        missing = sorted(set(text) - set(tokenizer.chars))
+        if missing:
+            source = config.data or "tiny_shakespeare"
+            raise ValueError(f"{source} has {len(missing)} characters the model does not know: "
+                             f"{''.join(missing)!r}; fine-tuning needs a text written in the "
+                             f"model's {tokenizer.vocab_size} characters")
+        ids = np.array(tokenizer.encode(text), dtype=np.int32)
+    train_ids, val_ids = data.split(ids)
     for part, ids in (("training part (the first 90%)", train_ids),
                       ("validation part (the last 10%)", val_ids)):
         if len(ids) < config.seq_len + 1:
@@ -204,7 +216,8 @@ def _read_text(config, tokenizer=None):
 def _new_trainer(config, tokenizer, train_ids, val_ids):
     model = TinyGPT(tokenizer.vocab_size, config.d_model, config.n_heads, config.n_layers,
                     config.model_max_seq_len, seed=config.seed, dropout=config.dropout)
-    return Trainer(model, train_ids, config.train_config(), val_data=val_ids)
+    return Trainer(model, train_ids, config.train_config(), val_data=val_ids,
+                   group=distributed.group())
 
 
 def _start(requested):
@@ -281,34 +294,92 @@ def _prepare_out_dir(out):
               f"while writing)", flush=True)
 
 
+class _RootFailed(Exception):
+    """Rank 0 could not set the run up (and has said why)."""
+
+
+def _setup(args, group):
+    """(config, trainer, tokenizer, samples, resuming). Rank 0 reads the settings, the data and
+    the checkpoint; the other ranks build the same trainer from rank 0's settings, then every
+    rank takes rank 0's weights, optimizer state and place in the data."""
+    requested, resuming = _settings(args)
+    threads = requested.get("threads")
+    if threads is None and group.size > 1 and "OMP_NUM_THREADS" not in os.environ:
+        threads = distributed.fair_share_of_cpus()  # the ranks on a machine share its CPUs
+    if threads is not None:
+        ops.set_num_threads(threads)
+    if group.rank == 0:
+        try:
+            config, trainer, tokenizer, samples = (_resume if resuming else _start)(requested)
+            _prepare_out_dir(config.out_dir)
+        except (OSError, ValueError):
+            group.broadcast_object(None)
+            raise
+        group.broadcast_object((config.to_dict(), tokenizer.chars))
+    else:
+        shared = group.broadcast_object(None)
+        if shared is None:
+            raise _RootFailed
+        config = RunConfig.from_dict(shared[0], source="rank 0's settings")
+        tokenizer, samples = CharTokenizer.from_vocabulary(shared[1]), []
+        trainer = _new_trainer(config, *_read_text(config, tokenizer))
+    if group.size > 1:
+        trainer.sync_from_root()
+    return config, trainer, tokenizer, samples, resuming
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        requested, resuming = _settings(args)
-        if requested.get("threads") is not None:
-            ops.set_num_threads(requested["threads"])
-        config, trainer, tokenizer, samples = (_resume if resuming else _start)(requested)
-        _prepare_out_dir(config.out_dir)
+        group = distributed.group()
+    except RuntimeError as err:  # under mpiexec without mpi4py
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if group.size == 1:
+        return _train(args, group)
+    try:
+        return _train(args, group)
+    except Exception as err:  # one rank's failure ends every rank, with its message, not a hang
+        print(f"error (rank {group.rank} of {group.size}): {type(err).__name__}: {err}",
+              file=sys.stderr, flush=True)
+        group.abort(1)
+
+
+def _train(args, group) -> int:
+    """The run on this rank; only rank 0 prints and writes files."""
+    try:
+        config, trainer, tokenizer, samples, resuming = _setup(args, group)
+    except _RootFailed:
+        return 2
     except (OSError, ValueError) as err:  # bad settings, data, checkpoint or --out-dir
         print(f"error: {err}", file=sys.stderr)
         return 2
+    previous_handler = _handle_sigint(trainer)
+    if group.rank != 0:
+        try:
+            trainer.run()
+        except (FloatingPointError, RuntimeError):  # every rank meets these; rank 0 says so
+            return 1
+        finally:
+            signal.signal(signal.SIGINT, previous_handler)
+        return 130 if trainer.stopping() else 0
     model = trainer.model
+    ranks = f"{group.size} ranks x " if group.size > 1 else ""
     print(f"tinygpt: {model.num_parameters():,} parameters | vocab {tokenizer.vocab_size} | "
           f"{len(trainer.train_data):,} train / {len(trainer.val_data):,} val tokens | "
           f"{'resuming at step ' + str(trainer.step) + ' of ' if resuming else ''}"
-          f"{trainer.total_steps} steps | {ops.get_num_threads()} threads | "
+          f"{trainer.total_steps} steps | {ranks}{ops.get_num_threads()} threads | "
           f"backend {ops.backend_summary()}", flush=True)
     run = _Run(config, trainer, tokenizer, samples)
     run.progress = _Progress(trainer)
     trainer.callback = run.on_step
-    previous_handler = _handle_sigint(trainer)
     try:
         try:
             trainer.run()
         finally:
             run.progress.close()
         sample = run.finish()
-    except FloatingPointError as err:
+    except (FloatingPointError, RuntimeError) as err:  # a non-finite loss; ranks that diverged
         print(f"error: {err}. The last good checkpoint in {run.out} is untouched.",
               file=sys.stderr)
         return 1
@@ -324,7 +395,7 @@ def main(argv=None) -> int:
     finally:
         signal.signal(signal.SIGINT, previous_handler)
     print(f"saved {run.out / 'ckpt.npz'}, history.json and loss.png at step {trainer.step}")
-    if trainer.stop_requested:
+    if trainer.stopping():
         print(f"stopped early; continue with: tinygpt train --resume --out-dir {run.out}")
         return 130
     history = trainer.history

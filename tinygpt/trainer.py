@@ -81,8 +81,13 @@ class Trainer:
         # last step (a rank's own stop_requested may change at any moment, a Ctrl-C handler)
 
     def _check_tokens(self, model, tokens, name):
-        """A 1-D id array with at least one (seq_len + 1) window, every id in the vocabulary."""
+        """A 1-D id array with at least one (seq_len + 1) window, every id in the vocabulary.
+        A memory-mapped corpus is not read through here (it may be larger than memory): its
+        ids were checked as it was written, and every batch is checked as it is used."""
+        on_disk = isinstance(tokens, np.memmap)
         tokens = data.check_tokens(tokens, name, self.seq_len)
+        if on_disk:
+            return tokens
         if tokens.min() < 0 or tokens.max() >= model.config.vocab_size:
             raise ValueError(f"{name} holds ids outside [0, {model.config.vocab_size})")
         return tokens
@@ -178,6 +183,21 @@ class Trainer:
             self.average.update()
         self.step += 1
         return loss, lr, grad_norm
+
+    def sync_from_root(self) -> None:
+        """Every rank takes rank 0's weights, optimizer state, weight average and place in the
+        data stream (at the start of a run and on resume), so all of them start the same."""
+        arrays = [self.model.params, self.optimizer.m, self.optimizer.v]
+        if self.average is not None:
+            arrays.append(self.average.avg)
+        for array in arrays:
+            self.group.broadcast(array)
+        counts = self.group.broadcast_object(
+            (self.state(), self.optimizer.t, self.average.t if self.average else 0))
+        self.load_state(counts[0])
+        self.optimizer.t = counts[1]
+        if self.average is not None:
+            self.average.t = counts[2]
 
     def stopping(self) -> bool:
         """Whether training stops before the next step: asked for (``stop_requested``, by any
