@@ -2,7 +2,6 @@
 with transformers, the command line, and clear errors for files tinygpt cannot load."""
 import dataclasses
 import json
-import os
 import subprocess
 import sys
 
@@ -15,6 +14,8 @@ import tinygpt
 from tinygpt import CharTokenizer, TinyGPT
 from tinygpt.checkpoint import CheckpointError, save_checkpoint
 from tinygpt.export import load_model, save_hf, save_safetensors
+
+from optional import import_or_skip
 
 TEXT = "hello, wörld!\n\"quoted\" \\ tab\t"  # characters JSON must escape
 
@@ -37,14 +38,7 @@ def assert_same_model(loaded, tokenizer_loaded, model, tokenizer):
 
 def import_hf():
     """(torch, transformers), or a skip when missing; under TINYGPT_REQUIRE_HF=1 (CI) a failure."""
-    try:
-        import torch
-        import transformers
-    except ImportError as err:
-        if os.environ.get("TINYGPT_REQUIRE_HF") == "1":
-            pytest.fail(f"TINYGPT_REQUIRE_HF=1 but {err.name} is not installed: {err}")
-        pytest.skip(f"parity with transformers needs torch and transformers ({err})")
-    return torch, transformers
+    return import_or_skip("TINYGPT_REQUIRE_HF", "torch", "transformers")
 
 
 @pytest.fixture

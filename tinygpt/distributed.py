@@ -31,6 +31,10 @@ def local_size() -> int:
     return 1
 
 
+class RanksDiverged(RuntimeError):
+    """The ranks' parameters differ: raised on every rank at once."""
+
+
 def fair_share_of_cpus() -> int:
     """The CPUs this process may run on (its affinity), divided among the ranks started on this
     machine; at least 1."""
@@ -53,7 +57,7 @@ class SingleProcess:
         return value
 
     def check_same_parameters(self, params, step):
-        """Raise RuntimeError if the ranks' parameters differ."""
+        """Raise RanksDiverged if the ranks' parameters differ."""
 
     def abort(self, code):
         raise SystemExit(code)
@@ -86,7 +90,7 @@ class MPIGroup:
         digests = self.comm.allgather(digest)
         differing = [rank for rank, d in enumerate(digests) if d != digests[0]]
         if differing:
-            raise RuntimeError(f"ranks {differing} hold parameters that differ from rank 0's at "
+            raise RanksDiverged(f"ranks {differing} hold parameters that differ from rank 0's at "
                                f"step {step}: the ranks have diverged; stopping")
 
     def abort(self, code):

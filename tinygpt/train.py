@@ -169,14 +169,16 @@ class _Run:
             self.save(plot="val_loss" in info)  # plotting takes ~0.5 s: only at evaluations
 
 
-def _handle_sigint(trainer):
-    """First Ctrl-C: finish the current step, then stop. A second one interrupts at once."""
+def _handle_sigint(trainer, announce=True):
+    """First Ctrl-C: finish the current step, then stop (every rank: mpiexec passes it on). A
+    second one interrupts at once."""
     def handler(signum, frame):
         if trainer.stop_requested:
             raise KeyboardInterrupt
         trainer.stop_requested = True
-        print("\nCtrl-C: stopping after this step and saving a checkpoint "
-              "(press again to quit without saving)", file=sys.stderr, flush=True)
+        if announce:
+            print("\nCtrl-C: stopping after this step and saving a checkpoint "
+                  "(press again to quit without saving)", file=sys.stderr, flush=True)
     return signal.signal(signal.SIGINT, handler)
 
 
@@ -349,17 +351,19 @@ def _train(args, group) -> int:
     """The run on this rank; only rank 0 prints and writes files."""
     try:
         config, trainer, tokenizer, samples, resuming = _setup(args, group)
-    except _RootFailed:
+    except _RootFailed:  # rank 0 said why
         return 2
     except (OSError, ValueError) as err:  # bad settings, data, checkpoint or --out-dir
+        if group.rank != 0:
+            raise  # rank 0 is waiting for this rank: end the job (see main)
         print(f"error: {err}", file=sys.stderr)
         return 2
-    previous_handler = _handle_sigint(trainer)
+    previous_handler = _handle_sigint(trainer, announce=group.rank == 0)
     if group.rank != 0:
         try:
             trainer.run()
-        except (FloatingPointError, RuntimeError):  # every rank meets these; rank 0 says so
-            return 1
+        except (FloatingPointError, distributed.RanksDiverged):  # met by every rank at once;
+            return 1  # rank 0 says so
         finally:
             signal.signal(signal.SIGINT, previous_handler)
         return 130 if trainer.stopping() else 0
@@ -379,7 +383,7 @@ def _train(args, group) -> int:
         finally:
             run.progress.close()
         sample = run.finish()
-    except (FloatingPointError, RuntimeError) as err:  # a non-finite loss; ranks that diverged
+    except (FloatingPointError, distributed.RanksDiverged) as err:
         print(f"error: {err}. The last good checkpoint in {run.out} is untouched.",
               file=sys.stderr)
         return 1
