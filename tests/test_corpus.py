@@ -82,3 +82,22 @@ def test_prepare_command(tmp_path, shakespeare_path):
                              capture_output=True, text=True, timeout=120)
     assert missing.returncode == 2 and "none.txt does not exist" in missing.stderr
     assert "Traceback" not in missing.stderr
+
+
+def test_training_from_a_prepared_corpus_is_the_run_from_its_text(tmp_path, shakespeare_text):
+    from tinygpt import load_checkpoint, train
+
+    text = tmp_path / "small.txt"
+    text.write_text(shakespeare_text[:30_000])
+    corpus.prepare(text, tmp_path / "prep")
+    common = ["--d-model", "16", "--n-heads", "2", "--n-layers", "1", "--seq-len", "16",
+              "--batch-size", "4", "--max-steps", "30", "--eval-interval", "10",
+              "--dropout", "0.1", "--sample-tokens", "5", "--threads", "1"]
+    for source, out in ((text, "from_text"), (tmp_path / "prep", "from_dir")):
+        assert train.main(["--data", str(source), *common, "--out-dir", str(tmp_path / out)]) == 0
+    a, b = (load_checkpoint(tmp_path / out / "ckpt.npz") for out in ("from_text", "from_dir"))
+    np.testing.assert_array_equal(a[0].params, b[0].params)
+    assert a[1].chars == b[1].chars
+    history_a, history_b = (meta["extra"]["trainer"]["history"] for meta in (a[2], b[2]))
+    assert history_a["train_loss"] == history_b["train_loss"]
+    assert history_a["val_loss"] == history_b["val_loss"]

@@ -172,3 +172,15 @@ def test_a_batch_that_does_not_divide_is_refused_naming_the_three_numbers(tmp_pa
     assert "batch_size 6 must divide by the number of ranks (2) times grad_accum (2)" \
         in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_without_mpiexec_training_never_imports_mpi4py(tmp_path, text):
+    script = ("import sys\nfrom tinygpt import train\n"
+              "code = train.main(sys.argv[1:])\n"
+              "print('mpi4py imported' if 'mpi4py' in sys.modules else 'no mpi4py')\n"
+              "sys.exit(code)\n")
+    done = subprocess.run([sys.executable, "-c", script, "--data", str(text), *SMALL,
+                           "--max-steps", "2", "--out-dir", str(tmp_path / "o")],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().endswith("no mpi4py") and "ranks" not in done.stdout
