@@ -1,5 +1,6 @@
 """tiny_shakespeare: find, download and verify it; split it; cut it into training batches."""
 import hashlib
+import mmap
 import os
 import urllib.error
 import urllib.request
@@ -95,7 +96,7 @@ def load_text(path=None) -> str:
 
 def split(ids, train_fraction: float = TRAIN_FRACTION) -> tuple[np.ndarray, np.ndarray]:
     """Split a 1-D token array into (train, val): the first 90% and the last 10%."""
-    ids = np.asarray(ids)
+    ids = np.asanyarray(ids)  # a memmap stays one
     n_train = int(len(ids) * train_fraction)
     return ids[:n_train], ids[n_train:]
 
@@ -111,7 +112,7 @@ def load_dataset(path=None) -> tuple[CharTokenizer, np.ndarray, np.ndarray]:
 
 def check_tokens(data, name, seq_len):
     """Validate a 1-D integer token array long enough for one (seq_len + 1) window."""
-    data = np.asarray(data)
+    data = np.asanyarray(data)  # a memmap stays one
     if data.ndim != 1 or not np.issubdtype(data.dtype, np.integer):
         raise ValueError(f"{name} must be a 1-D array of integer token ids, got {data.dtype} {data.shape}")
     if len(data) < seq_len + 1:
@@ -122,6 +123,16 @@ def check_tokens(data, name, seq_len):
 def windows_per_epoch(n_tokens, seq_len):
     """Windows per epoch: as many as fit after any offset in [0, seq_len), and at least one."""
     return max(1, (n_tokens - seq_len) // seq_len)
+
+
+def _gather(data, index):
+    """data[index] as int64. From a memory-mapped corpus, the pages just read are handed back
+    (the kernel maps in up to megabytes around each read, and the process would keep them), so
+    resident memory does not grow with the corpus."""
+    chunk = data[index].astype(np.int64)
+    if isinstance(data, np.memmap) and hasattr(mmap, "MADV_DONTNEED"):
+        data._mmap.madvise(mmap.MADV_DONTNEED)
+    return chunk
 
 
 def epoch_batches(data, batch_size, seq_len, rng):
@@ -136,7 +147,7 @@ def epoch_batches(data, batch_size, seq_len, rng):
     starts = offset + seq_len * rng.permutation(n_windows)
     window = np.arange(seq_len + 1)
     for i in range(0, n_windows, batch_size):  # a batch's windows at a time: data may be a memmap
-        chunk = data[starts[i:i + batch_size, None] + window].astype(np.int64)
+        chunk = _gather(data, starts[i:i + batch_size, None] + window)
         yield chunk[:, :-1], chunk[:, 1:]
 
 
@@ -146,5 +157,5 @@ def sequential_batches(data, batch_size, seq_len):
     window = np.arange(seq_len + 1)
     for i in range(0, n_windows, batch_size):  # a batch's windows at a time: data may be a memmap
         starts = seq_len * np.arange(i, min(i + batch_size, n_windows))
-        chunk = data[starts[:, None] + window].astype(np.int64)
+        chunk = _gather(data, starts[:, None] + window)
         yield chunk[:, :-1], chunk[:, 1:]

@@ -84,9 +84,8 @@ class Trainer:
         """A 1-D id array with at least one (seq_len + 1) window, every id in the vocabulary.
         A memory-mapped corpus is not read through here (it may be larger than memory): its
         ids were checked as it was written, and every batch is checked as it is used."""
-        on_disk = isinstance(tokens, np.memmap)
         tokens = data.check_tokens(tokens, name, self.seq_len)
-        if on_disk:
+        if isinstance(tokens, np.memmap):
             return tokens
         if tokens.min() < 0 or tokens.max() >= model.config.vocab_size:
             raise ValueError(f"{name} holds ids outside [0, {model.config.vocab_size})")
