@@ -12,6 +12,7 @@ allreduce's cost model, the step time and the scaling efficiency on more machine
 """
 import argparse
 import json
+import math
 import os
 import shutil
 import statistics
@@ -121,6 +122,9 @@ def main():
                       for name, rs in runs.items()},
         "projection": {"today": project(step["1x2"], n_bytes),
                        "10x": project(10 * step["1x2"], 10 * n_bytes)},
+        "tokens_per_machine_for_90_percent": {  # the same for a 10x model: both scale by 10
+            gbit: {m: math.ceil(9 * allreduce_seconds(n_bytes, m, gbit) / (step["1x2"] / tokens))
+                   for m in (2, 16)} for gbit in LINKS_GBIT},
     }
     print(f"1 rank x 2 threads: {result['tokens_per_s']['1x2']:,.0f} tokens/s "
           f"({1e3 * step['1x2']:.1f} ms/step)")
@@ -134,6 +138,11 @@ def main():
         for row in rows:
             print(f"  {row['gbit']:>3} Gbit/s, {row['machines']:>2} machines: "
                   f"{row['step_ms']:8.1f} ms/step, efficiency {row['efficiency']:.2f}")
+    print("tokens each machine must process per step for 90% efficiency (compute >= 9x the "
+          "allreduce):")
+    for gbit, need in result["tokens_per_machine_for_90_percent"].items():
+        print(f"  {gbit:>3} Gbit/s: {need[2]:,} on 2 machines, {need[16]:,} on 16 "
+              f"(today's batch: {tokens:,} tokens per step in all)")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1))
     return 0
