@@ -155,11 +155,14 @@ def test_ranks_that_diverge_are_stopped_at_the_next_evaluation(tmp_path, text, m
         "    return result\n"
         "trainer.Trainer.train_step = drifting\n"
         "sys.exit(train.main(sys.argv[1:]))\n")
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
     done = subprocess.run([mpiexec, "-n", "2", sys.executable, "-c", script, "--data", str(text),
-                           *SMALL, "--max-steps", "20", "--eval-interval", "5", "--checkpoint-interval", "2",
-                           "--out-dir", str(tmp_path / "o")],
-                          capture_output=True, text=True, timeout=120)
+                           *SMALL, "--max-steps", "20", "--eval-interval", "5",
+                           "--checkpoint-interval", "2", "--out-dir", str(tmp_path / "o")],
+                          capture_output=True, text=True, timeout=120, env=env)
     assert done.returncode == 1, done.stderr
+    # no --threads: each rank takes its share of the CPUs this machine lets it use
+    assert f"2 ranks x {max(1, len(os.sched_getaffinity(0)) // 2)} threads" in done.stdout
     assert "ranks [1] hold parameters that differ from rank 0's at step 5" in done.stderr
     assert load_checkpoint(tmp_path / "o" / "ckpt.npz")[2]["step"] < 5  # the last good one
 
