@@ -132,3 +132,15 @@ def test_unknown_train_model_options_name_the_valid_ones():
     model = TinyGPT(5, d_model=8, n_heads=2, n_layers=1, max_seq_len=16)
     with pytest.raises(TypeError, match="'learning_rate'.*warmup_steps"):
         train_model(model, np.zeros(100, dtype=int), seq_len=16, learning_rate=0.1)
+
+
+def test_eval_batches_caps_the_validation_pass_at_its_first_batches():
+    tokens = np.random.default_rng(0).integers(0, 5, 3000)
+    model = TinyGPT(5, d_model=8, n_heads=2, n_layers=1, max_seq_len=16)
+    val = tokens[2000:]
+    first_two = val[:2 * 4 * 16 + 1]  # 2 batches of 4 windows of 16
+    assert evaluate(model, val, 4, 16, max_batches=2) == evaluate(model, first_two, 4, 16)
+    assert evaluate(model, val, 4, 16, max_batches=2) != evaluate(model, val, 4, 16)
+    history = train_model(model, tokens[:2000], batch_size=4, seq_len=16, max_steps=2,
+                          val_data=val, eval_batches=2, progress=False)
+    assert history["val_loss"][-1] == evaluate(model, val, 4, 16, max_batches=2)

@@ -43,6 +43,9 @@ class TrainConfig:
                                      "with this decay per step (0: off, the raw weights)")
     eval_interval: typing.Optional[int] = _setting(
         None, "steps between evaluations (default: a tenth of the run)", resumable=True)
+    eval_batches: typing.Optional[int] = _setting(
+        None, "evaluate on the first this many batches of the validation split (default: all "
+              "of it; a cap for corpora too large to evaluate whole)", resumable=True)
     max_steps: typing.Optional[int] = _setting(
         None, "stop after this many steps (replaces the epoch count)", resumable=True)
     seed: int = _setting(0, "seed of the initial weights, the data order and dropout")
@@ -52,7 +55,7 @@ class TrainConfig:
             value = _checked(f.name, getattr(self, f.name), _hints(type(self))[f.name])
             object.__setattr__(self, f.name, value)
         for name in ("epochs", "batch_size", "grad_accum", "seq_len", "eval_interval",
-                     "max_steps"):
+                     "eval_batches", "max_steps"):
             _at_least(name, getattr(self, name), 1)
         for name in ("warmup_steps", "weight_decay", "max_grad_norm", "ema_decay"):
             _at_least(name, getattr(self, name), 0)

@@ -1,6 +1,7 @@
 """Trainer and train_model(): the training loop, evaluation, and resumable data order."""
 import contextlib
 import dataclasses
+import itertools
 import math
 import time
 from typing import Callable, Optional
@@ -14,12 +15,15 @@ from .model import TinyGPT
 from .optim import AdamW, WeightAverage, clip_grad_norm, lr_at
 
 
-def evaluate(model: TinyGPT, tokens, batch_size: int, seq_len: int, group=None) -> float:
-    """Mean next-token loss over every non-overlapping seq_len window of ``tokens``. With a
-    process group, the ranks take the batches in turn and their sums are added up."""
+def evaluate(model: TinyGPT, tokens, batch_size: int, seq_len: int, group=None,
+             max_batches: Optional[int] = None) -> float:
+    """Mean next-token loss over every non-overlapping seq_len window of ``tokens`` (of the
+    first ``max_batches`` batches of them, if given). With a process group, the ranks take the
+    batches in turn and their sums are added up."""
     group = group or distributed.SingleProcess()
     sums = np.zeros(2)  # loss x tokens, tokens
-    for i, (x, y) in enumerate(data.sequential_batches(tokens, batch_size, seq_len)):
+    batches = data.sequential_batches(tokens, batch_size, seq_len)
+    for i, (x, y) in enumerate(itertools.islice(batches, max_batches)):
         if i % group.size != group.rank:
             continue
         logits = model.forward(x)
@@ -228,7 +232,7 @@ class Trainer:
                 self.group.check_same_parameters(self.model.params, self.step)
                 with self.eval_weights():
                     val_loss = evaluate(self.model, self.val_data, self.batch_size, self.seq_len,
-                                        self.group)
+                                        self.group, self.config.eval_batches)
                 h["eval_step"].append(self.step)
                 h["eval_seconds"].append(self.seconds_before + self._seconds_this_run())
                 h["val_loss"].append(val_loss)
@@ -250,9 +254,10 @@ def train_model(model: TinyGPT, train_data, epochs: int = TrainConfig.epochs,
     offset. ``options`` are the other TrainConfig settings: warmup_steps=100,
     weight_decay=0.01, max_grad_norm=1.0, ema_decay=0 (> 0: evaluate an exponential moving
     average of the weights, and leave it in the model), eval_interval (default: a tenth of the
-    run), max_steps (replaces the epoch count), seed=0. ``val_data`` is evaluated every
-    eval_interval steps; ``callback`` is called with a dict after every step; ``progress``
-    shows a progress bar (tqdm's, in a terminal or a notebook).
+    run), eval_batches (default: the whole of val_data), max_steps (replaces the epoch count),
+    grad_accum=1, seed=0. ``val_data`` is evaluated every eval_interval steps; ``callback``
+    is called with a dict after every step; ``progress`` shows a progress bar (tqdm's, in a
+    terminal or a notebook).
     History keys: step, train_loss, lr, grad_norm, tokens_per_sec (per step) and eval_step,
     eval_seconds (training wall time so far), val_loss, val_perplexity (per evaluation).
     """
