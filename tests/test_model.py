@@ -337,6 +337,74 @@ def test_top_p_samples_only_from_the_nucleus():
     assert set(sample_next(logits, 0, None, None, rng).tolist()) == {0}
 
 
+@pytest.mark.parametrize("kwargs", [dict(), dict(temperature=0.8, top_k=3), dict(top_p=0.6),
+                                    dict(temperature=1.7, repetition_penalty=1.5)])
+def test_sample_next_draws_what_rng_choice_draws(kwargs):
+    """One cumulative sum and one uniform per row, for all rows at once: the same ids, from the
+    same generator state, as rng.choice(V, p=row) row by row, and one draw per row."""
+    from tinygpt.model import sample_next
+
+    settings = dict(temperature=1.0, top_k=None, top_p=None, repetition_penalty=1.0) | kwargs
+    logits = np.random.default_rng(0).normal(0, 2.0, (64, 9))
+    seen = np.random.default_rng(1).random((64, 9)) < 0.3
+    rng, expected_rng = np.random.default_rng(2), np.random.default_rng(2)
+    drawn = sample_next(logits, settings["temperature"], settings["top_k"], settings["top_p"],
+                        rng, settings["repetition_penalty"], seen)
+    expected = [expected_rng.choice(9, p=row) for row in _sampling_probs(logits, seen, **settings)]
+    np.testing.assert_array_equal(drawn, expected)
+    assert rng.random() == expected_rng.random()
+
+
+def _sampling_probs(logits, seen, temperature, top_k, top_p, repetition_penalty):
+    """The per-row probabilities sample_next draws from, written out the long way."""
+    penalty = repetition_penalty
+    logits = np.where(seen & (penalty != 1),
+                      np.where(logits > 0, logits / penalty, logits * penalty), logits)
+    logits = logits / temperature
+    if top_k is not None:
+        kth = np.sort(logits, axis=1)[:, -top_k][:, None]
+        logits = np.where(logits < kth, -np.inf, logits)
+    probs = np.exp(logits - logits.max(axis=1, keepdims=True))
+    probs /= probs.sum(axis=1, keepdims=True)
+    if top_p is not None:
+        for row in probs:
+            order = np.argsort(-row, kind="stable")
+            before = np.cumsum(row[order]) - row[order]
+            row[order[before >= top_p]] = 0.0
+            row /= row.sum()
+    return probs
+
+
+def test_sample_next_frequencies_follow_the_probabilities():
+    from tinygpt.model import sample_next
+
+    probs = np.array([0.5, 0.25, 0.15, 0.07, 0.03])
+    logits = np.log(np.tile(probs, (40_000, 1)))
+    counts = np.bincount(sample_next(logits, 1.0, None, None, np.random.default_rng(0)),
+                         minlength=5)
+    expected = probs * len(logits)
+    chi2 = ((counts - expected) ** 2 / expected).sum()
+    assert chi2 < 18.5, (counts, expected)  # 4 degrees of freedom: p = 0.001
+
+
+def test_cached_generation_follows_parameter_changes_between_calls():
+    """The decode cache holds weights prepared from the parameters (LayerNorms folded in):
+    a change to the parameters between generate calls must reach the next call."""
+    model = TinyGPT(11, d_model=16, n_heads=4, n_layers=2, max_seq_len=16, seed=2,
+                    dtype=np.float64)
+    prompt = np.array([1, 2, 3])
+    before = model.generate(prompt, 10, temperature=0)
+    rng = np.random.default_rng(0)
+    for _ in range(3):  # until the greedy continuation changes
+        model.params += rng.normal(0, 0.5, model.params.size)
+        after = model.generate(prompt, 10, temperature=0)
+        np.testing.assert_array_equal(after,
+                                      model.generate(prompt, 10, temperature=0, use_cache=False))
+        if not np.array_equal(after, before):
+            break
+    assert not np.array_equal(after, before)
+
+
 @pytest.mark.parametrize("kwargs", [dict(top_p=0.0), dict(top_p=1.5), dict(temperature="hot")])
 def test_generate_rejects_bad_sampling_settings(kwargs):
     model = TinyGPT(11, d_model=16, n_heads=4, n_layers=1, max_seq_len=8)

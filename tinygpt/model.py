@@ -248,41 +248,43 @@ class TinyGPT:
     def _decode_step(self, ids, position, kv_cache):
         """One new token per row: ids (B,) at ``position`` -> logits (B, V).
 
-        The forward pass of a single position against the cached keys and values (adding its
-        own), straight on the NumPy reference: at one position the ops' checks and the
-        kernels' thread start-up would cost more than the arithmetic.
+        The forward pass of a single position against the keys and values cached for the
+        positions before it (adding its own), in plain NumPy: at one position the ops' checks
+        and the kernels' thread start-up would cost more than the arithmetic. What is left is
+        per-call overhead, so each op writes into the cache's scratch rows, and the weights come
+        from the cache, prepared for the step (``_DecodeCache``, ``_DecodeLayer``). The same
+        arithmetic as ``forward`` up to rounding: the logits agree to about 1e-15 in float64.
         """
-        cfg, p = self.config, self.p
-        H, D = cfg.n_heads, cfg.d_model // cfg.n_heads
-        B = ids.shape[0]
-        x = p["wte"][ids] + p["wpe"][position]  # (B, C)
-        for i in range(cfg.n_layers):
-            h = f"h{i}."
-            keys, values = kv_cache[i]  # (B, H, max_seq_len, D)
-            ln1 = reference.layernorm_forward(x, p[h + "ln1_w"], p[h + "ln1_b"])[0]
-            q, k, v = reference.linear_forward(ln1, p[h + "attn_w"], p[h + "attn_b"]).reshape(
-                B, 3, H, D).transpose(1, 0, 2, 3)  # each (B, H, D)
-            keys[:, :, position], values[:, :, position] = k, v
-            scores = np.matmul(keys[:, :, :position + 1], q[..., None])[..., 0]  # (B, H, t)
-            scores *= 1.0 / math.sqrt(D)
-            weights = np.exp(scores - scores.max(axis=-1, keepdims=True))
-            weights /= weights.sum(axis=-1, keepdims=True)
-            att = np.matmul(weights[:, :, None], values[:, :, :position + 1])  # (B, H, 1, D)
-            x = reference.linear_forward(att.reshape(B, H * D), p[h + "proj_w"], p[h + "proj_b"],
-                                         residual=x)
-            ln2 = reference.layernorm_forward(x, p[h + "ln2_w"], p[h + "ln2_b"])[0]
-            act = reference.gelu_forward(
-                reference.linear_forward(ln2, p[h + "fc_w"], p[h + "fc_b"]))
-            x = reference.linear_forward(act, p[h + "fc2_w"], p[h + "fc2_b"], residual=x)
-        lnf = reference.layernorm_forward(x, p["lnf_w"], p["lnf_b"])[0]
-        return lnf @ p["head_w"]
+        c, t = kv_cache, position + 1
+        x = np.take(c.wte, ids, axis=0, out=c.x)  # (B, C) residual stream
+        x += c.wpe[position]
+        for L in c.layers:
+            # attention: x += proj(attn(ln1(x))), with ln1's weight and bias inside attn_w/attn_b
+            np.matmul(_normalize_rows(x, c), L.attn_w, out=c.qkv)  # (B, 3C) = [q | k | v]
+            c.qkv += L.attn_b
+            L.keys[..., position] = c.k  # keys (B, H, D, T) <- k (B, H, D)
+            L.values[:, :, position] = c.v  # values (B, H, T, D) <- v (B, H, D)
+            scores = np.matmul(c.q, L.keys[..., :t])  # (B, H, 1, D) @ (B, H, D, t): scaled
+            scores -= np.maximum.reduce(scores, axis=-1, keepdims=True)
+            np.exp(scores, out=scores)
+            scores /= np.add.reduce(scores, axis=-1, keepdims=True)  # (B, H, 1, t) weights
+            np.matmul(scores, L.values[:, :, :t], out=c.att)  # (B, H, 1, D)
+            np.matmul(c.att_rows, L.proj_w, out=c.branch)  # (B, C)
+            c.branch += L.proj_b
+            x += c.branch
+            # MLP: x += fc2(gelu(fc(ln2(x)))), with ln2's weight and bias inside fc_w/fc_b
+            np.matmul(_normalize_rows(x, c), L.fc_w, out=c.fc)  # (B, 4C)
+            c.fc += L.fc_b
+            np.matmul(_gelu_rows(c.fc, c.gelu), L.fc2_w, out=c.branch)  # (B, C)
+            c.branch += L.fc2_b
+            x += c.branch
+        logits = _normalize_rows(x, c) @ c.head_w  # (B, V), new: the caller may keep it
+        logits += c.head_b
+        return logits
 
     def _new_kv_cache(self, batch_size):
-        """Per layer, (keys, values) buffers of shape (B, H, max_seq_len, D)."""
-        cfg = self.config
-        shape = (batch_size, cfg.n_heads, cfg.max_seq_len, cfg.d_model // cfg.n_heads)
-        return [(np.zeros(shape, self.dtype), np.zeros(shape, self.dtype))
-                for _ in range(cfg.n_layers)]
+        """An empty ``_DecodeCache`` for batch_size rows."""
+        return _DecodeCache(self, batch_size)
 
     def loss(self, x, y, dropout_rng: Optional[np.random.Generator] = None) -> float:
         """Mean cross-entropy of next-token predictions. x, y (B, T) ids (y = -1 is ignored).
@@ -388,23 +390,28 @@ class TinyGPT:
         if repetition_penalty != 1:
             seen = np.zeros((ids.shape[0], self.config.vocab_size), dtype=bool)
             np.put_along_axis(seen, ids, True, axis=1)
+        n = ids.shape[1]  # tokens so far: the prompt, then out[:, :n]
+        out = np.empty((ids.shape[0], n + max_new_tokens), dtype=np.int64)
+        out[:, :n] = ids
         logits = None
         for _ in range(max_new_tokens):
             if logits is None:  # first step, or the window moved: (re)read the whole context
-                context = ids[:, -max_len:]
+                context = out[:, max(0, n - max_len):n]
                 logits = self._forward(context, keep=False, kv_cache=kv_cache)[0][:, -1]  # (B, V)
             next_ids = sample_next(logits, temperature, top_k, top_p, rng,
                                    repetition_penalty, seen)
-            ids = np.concatenate([ids, next_ids[:, None]], axis=1)
+            out[:, n] = next_ids
+            n += 1
             if seen is not None:
                 seen[np.arange(len(next_ids)), next_ids] = True
             if on_token is not None and on_token(next_ids):
                 break
-            position = ids.shape[1] - 1
+            position = n - 1
             if use_cache and position < max_len:
                 logits = self._decode_step(next_ids, position, kv_cache)
             else:
                 logits = None
+        ids = out if n == out.shape[1] else out[:, :n].copy()
         return ids[0] if squeeze else ids
 
 
@@ -438,11 +445,111 @@ def _outs(buffers, *names):
 
 def _store_keys_values(cache, qkv, n_heads):
     """Write the keys and values of qkv (B, T, 3C) into one layer's cache at positions 0..T-1."""
-    keys, values = cache  # (B, H, max_seq_len, D) each
+    keys, values = cache  # (B, H, D, max_seq_len) and (B, H, max_seq_len, D)
     B, T, C3 = qkv.shape
     _, k, v = qkv.reshape(B, T, 3, n_heads, C3 // 3 // n_heads).transpose(2, 0, 3, 1, 4)
-    keys[:, :, :T] = k
+    keys[..., :T] = k.swapaxes(2, 3)
     values[:, :, :T] = v
+
+
+class _DecodeCache:
+    """What cached generation keeps between ``_decode_step`` calls, for B rows.
+
+    ``layers[i]``: layer i's keys (B, H, D, max_seq_len) and values (B, H, max_seq_len, D),
+    laid out so that each head's scores and weighted sum are one matrix-vector product over
+    contiguous rows, beside the weights one step uses (``_DecodeLayer``). ``cache[i]`` is
+    (keys, values), which ``_forward`` fills for the prompt. The rest is scratch that each step
+    overwrites: the residual stream x (B, C), q, k and v as views into qkv (B, 3C), and so on.
+
+    The weights are read when the cache is made: a model's parameters must not change while a
+    cache made from them is in use (generate makes a new one per call).
+    """
+
+    def __init__(self, model, batch_size):
+        cfg, p, dtype = model.config, model.p, model.dtype
+        B, C, H, T = batch_size, cfg.d_model, cfg.n_heads, cfg.max_seq_len
+        D = C // H
+        self.layers = [_DecodeLayer(p, f"h{i}.", 1.0 / math.sqrt(D),
+                                    keys=np.zeros((B, H, D, T), dtype),
+                                    values=np.zeros((B, H, T, D), dtype))
+                       for i in range(cfg.n_layers)]
+        self.wte, self.wpe = p["wte"], p["wpe"]
+        self.head_w, self.head_b = _fold_layernorm(p["lnf_w"], p["lnf_b"], p["head_w"])
+        self.mean_w = np.full((C, 1), 1.0 / C, dtype)  # x @ mean_w: the row means (B, 1)
+        self.x, self.xhat, self.branch = (np.empty((B, C), dtype) for _ in range(3))
+        self.stat = np.empty((B, 1), dtype)  # a per-row statistic of the normalization
+        self.qkv = np.empty((B, 3 * C), dtype)
+        heads = self.qkv.reshape(B, 3, H, D)
+        self.q = heads[:, 0, :, None, :]  # (B, H, 1, D)
+        self.k, self.v = heads[:, 1], heads[:, 2]  # (B, H, D) each
+        self.att = np.empty((B, H, 1, D), dtype)
+        self.att_rows = self.att.reshape(B, C)  # the heads' outputs side by side
+        self.fc, self.gelu = np.empty((B, 4 * C), dtype), np.empty((B, 4 * C), dtype)
+
+    def __getitem__(self, i):
+        return self.layers[i].keys, self.layers[i].values
+
+
+class _DecodeLayer:
+    """One layer of a ``_DecodeCache``: its keys and values, and the weights a step reads.
+
+    Each LayerNorm's weight and bias are folded into the matrix that reads its output (see
+    ``_fold_layernorm``), so a step only normalizes; the attention's 1/sqrt(D) is folded into
+    the query's columns. proj and fc2 are views of the model's parameters.
+    """
+    __slots__ = ("keys", "values", "attn_w", "attn_b", "proj_w", "proj_b", "fc_w", "fc_b",
+                 "fc2_w", "fc2_b")
+
+    def __init__(self, p, prefix, scale, keys, values):
+        self.keys, self.values = keys, values
+        attn_w, attn_b = _fold_layernorm(p[prefix + "ln1_w"], p[prefix + "ln1_b"],
+                                         p[prefix + "attn_w"], p[prefix + "attn_b"])
+        C = attn_w.shape[0]
+        attn_w[:, :C] *= scale  # q's columns: the scores come out scaled
+        attn_b[:C] *= scale
+        self.attn_w, self.attn_b = attn_w, attn_b
+        self.proj_w, self.proj_b = p[prefix + "proj_w"], p[prefix + "proj_b"]
+        self.fc_w, self.fc_b = _fold_layernorm(p[prefix + "ln2_w"], p[prefix + "ln2_b"],
+                                               p[prefix + "fc_w"], p[prefix + "fc_b"])
+        self.fc2_w, self.fc2_b = p[prefix + "fc2_w"], p[prefix + "fc2_b"]
+
+
+def _fold_layernorm(ln_w, ln_b, w, b=None):
+    """The linear layer (w (C, M), b (M,) or None) that reads a LayerNorm's output, as one that
+    reads the normalized rows xhat instead: (xhat * ln_w + ln_b) @ w + b
+    = xhat @ (ln_w[:, None] * w) + (ln_b @ w + b). Returns new arrays (C, M) and (M,)."""
+    folded_b = ln_b @ w
+    if b is not None:
+        folded_b += b
+    return ln_w[:, None] * w, folded_b
+
+
+def _normalize_rows(x, c):
+    """LayerNorm without its weight and bias: x (B, C) -> c.xhat (B, C), (x - mean) / std."""
+    xhat, stat = c.xhat, c.stat
+    np.matmul(x, c.mean_w, out=stat)  # (B, 1) means
+    np.subtract(x, stat, out=xhat)
+    np.vecdot(xhat, xhat, out=stat[:, 0])  # sums of squares
+    stat *= 1.0 / x.shape[1]  # variances
+    stat += 1e-5
+    np.sqrt(stat, out=stat)
+    xhat /= stat
+    return xhat
+
+
+def _gelu_rows(x, scratch):
+    """tanh-approximate GELU of x (any shape) in place, with scratch of x's shape; returns x.
+    0.5 x (1 + tanh(c (x + 0.044715 x^3))), with c (x + a x^3) as x (c + c a x^2): products
+    only (the reference's x ** 3 is a pow call, about 25 us on 512 float32 values)."""
+    np.multiply(x, x, out=scratch)
+    scratch *= reference.GELU_C * 0.044715
+    scratch += reference.GELU_C
+    scratch *= x
+    np.tanh(scratch, out=scratch)
+    scratch *= 0.5
+    scratch += 0.5
+    x *= scratch
+    return x
 
 
 def check_sampling(temperature, top_k=None, top_p=None, repetition_penalty=1.0):
@@ -472,7 +579,8 @@ def sample_next(logits, temperature, top_k, top_p, rng, repetition_penalty=1.0, 
         logits = np.where(seen, penalized, logits)
     if temperature == 0:
         return logits.argmax(axis=1)
-    logits = logits / temperature
+    if temperature != 1:
+        logits = logits / temperature
     if top_k is not None and top_k < logits.shape[1]:
         kth = np.partition(logits, -top_k, axis=1)[:, -top_k][:, None]
         logits = np.where(logits < kth, -np.inf, logits)
@@ -486,4 +594,10 @@ def sample_next(logits, temperature, top_k, top_p, rng, repetition_penalty=1.0, 
         np.put_along_axis(drop, order, before >= top_p, axis=1)
         probs = np.where(drop, 0.0, probs)
         probs /= probs.sum(axis=1, keepdims=True)
-    return np.array([rng.choice(len(row), p=row) for row in probs])
+    # rng.choice(V, p=row) for every row at once, with the same arithmetic and the same draws:
+    # the row's cumulative distribution, one uniform u per row, and the first index whose
+    # cumulative probability exceeds u (searchsorted side="right": the count of those <= u)
+    cdf = probs.cumsum(axis=1)
+    cdf /= cdf[:, -1:]
+    u = rng.random(len(cdf))
+    return (cdf <= u[:, None]).sum(axis=1)
