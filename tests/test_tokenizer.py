@@ -56,3 +56,10 @@ def test_vocabulary_round_trips_through_its_saved_form():
     assert again.encode("world") == tok.encode("world")
     with pytest.raises(ValueError):
         CharTokenizer.from_vocabulary("aab")
+
+
+def test_check_covers_names_the_characters_outside_the_vocabulary():
+    tok = CharTokenizer("hello")
+    tok.check_covers("hole", "a.txt")
+    with pytest.raises(ValueError, match=r"a.txt has 2 characters the model does not know: 'wz'"):
+        tok.check_covers("zwhole", "a.txt")

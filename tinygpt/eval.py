@@ -55,10 +55,7 @@ def main(argv=None) -> int:
                              f"model, got {seq_len}")
         source = args.data or (run.data if run else None)
         text = data.load_text(source)
-        missing = sorted(set(text) - set(tokenizer.chars))
-        if missing:
-            raise ValueError(f"{source or 'tiny_shakespeare'} has {len(missing)} characters "
-                             f"the model does not know: {''.join(missing)!r}")
+        tokenizer.check_covers(text, source or "tiny_shakespeare")
         ids = np.array(tokenizer.encode(text), dtype=np.int32)
         if args.data is None:
             _, ids = data.split(ids)

@@ -47,6 +47,14 @@ class CharTokenizer:
                 f"character {ch!r} at position {text.index(ch)} is not in the vocabulary"
             ) from None
 
+    def check_covers(self, text: str, source: str) -> None:
+        """Raise ValueError naming the characters of ``text`` (read from ``source``) that are
+        not in the vocabulary."""
+        missing = sorted(set(text) - set(self.stoi))
+        if missing:
+            raise ValueError(f"{source} has {len(missing)} characters the model does not know: "
+                             f"{''.join(missing)!r}; its vocabulary has {self.vocab_size}")
+
     def decode(self, ids) -> str:
         """list or 1-D array of ids -> str. An id outside [0, vocab_size) raises ValueError."""
         ids = np.asarray(ids)

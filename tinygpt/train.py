@@ -198,12 +198,7 @@ def _read_text(config, tokenizer=None):
         text = data.load_text(config.data)
         if tokenizer is None:
             tokenizer = CharTokenizer(text)
-        missing = sorted(set(text) - set(tokenizer.chars))
-        if missing:
-            source = config.data or "tiny_shakespeare"
-            raise ValueError(f"{source} has {len(missing)} characters the model does not know: "
-                             f"{''.join(missing)!r}; fine-tuning needs a text written in the "
-                             f"model's {tokenizer.vocab_size} characters")
+        tokenizer.check_covers(text, config.data or "tiny_shakespeare")
         ids = np.array(tokenizer.encode(text), dtype=np.int32)
     train_ids, val_ids = data.split(ids)
     for part, ids in (("training part (the first 90%)", train_ids),
