@@ -258,6 +258,53 @@ def test_linear_parity(dtype, n_threads, seed, n, k, m, with_bias, with_residual
     assert_close("dbias", dbias, e_dbias, dtype, terms=n, c=8)
 
 
+# float32 linear layers run an own GEMM (AVX-512: 12-row x 32-column micro-tiles; AVX2: 6 x 16)
+# where the CPU has one, else BLAS; dweight sums 128-row chunks in N // 128 segments (1 to 8).
+# (n, k, m) on each side of those: tiles, chunks, segments, and the head's 65 columns.
+LINEAR_F32_BOUNDARIES = [(5, 11, 15), (6, 12, 16), (7, 13, 17), (11, 5, 31), (12, 24, 32),
+                         (13, 25, 33), (127, 40, 65), (128, 12, 64), (129, 7, 96),
+                         (255, 33, 97), (257, 16, 128), (1025, 12, 65), (1153, 9, 40)]
+
+
+def _float32_paths():
+    """The float32 linear paths this CPU can run: "avx512", "avx2", "blas" (the first two
+    where the CPU has them)."""
+    paths = []
+    for name in ("avx512", "avx2", "blas"):
+        try:
+            _linear._use_isa(name)
+            paths.append(name)
+        except ValueError:
+            pass
+    _linear._use_isa(None)
+    return paths
+
+
+@pytest.mark.parametrize("n,k,m", LINEAR_F32_BOUNDARIES)
+def test_every_float32_linear_path_at_its_block_boundaries(n, k, m):
+    rng = np.random.default_rng(n * 1000 + k * 10 + m)
+    x, w = normal(rng, (n, k), np.float32), normal(rng, (k, m), np.float32)
+    bias, residual, dout = normal(rng, m, np.float32), normal(rng, (n, m), np.float32), \
+        normal(rng, (n, m), np.float32)
+    expected = ref.linear_forward(x, w, bias, residual), *ref.linear_backward(dout, x, w)
+    results = {}
+    try:
+        for path in _float32_paths():
+            _linear._use_isa(path)
+            got = (_linear.linear_forward(x, w, bias, residual, 2),
+                   *_linear.linear_backward(dout, x, w, 2))
+            # the same per-output tolerances as test_linear_parity, for the same reasons
+            for name, a, e, terms, c in zip(("out", "dx", "dweight", "dbias"), got, expected,
+                                            (k + 2, m, n, n), (4, 4, 4, 8)):
+                assert_close(f"{path} {name}", a, e, np.float32, terms=terms, c=c)
+            results[path] = got
+    finally:
+        _linear._use_isa(None)
+    if "avx512" in results and "avx2" in results:  # one order of products, two vector widths
+        for a, b in zip(results["avx512"], results["avx2"]):
+            np.testing.assert_array_equal(a, b)
+
+
 # ----------------------------------------------------------------------------- determinism
 
 def _default_like_calls(dtype):
