@@ -7,7 +7,7 @@ Environment switches:
 """
 import glob
 import os
-import subprocess
+import shutil
 import sys
 import tempfile
 import warnings
@@ -51,6 +51,23 @@ class BuildExtWithOpenMP(build_ext):
                 ext.extra_compile_args.append("-fopenmp")
                 ext.extra_link_args.append("-fopenmp")
         super().build_extensions()
+
+    def copy_file(self, infile, outfile, *args, **kwargs):
+        """Copy a built module over its in-place twin by renaming a copy made beside it: a new
+        file (a new inode), so a process that has the old module loaded keeps its mapping intact
+        instead of crashing as the file is rewritten under it."""
+        if self.dry_run:
+            return super().copy_file(infile, outfile, *args, **kwargs)
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(outfile) or ".", prefix=".build-")
+        os.close(fd)
+        try:
+            shutil.copy2(infile, tmp)
+            os.replace(tmp, outfile)
+        except BaseException:
+            os.unlink(tmp)
+            raise
+        self.announce(f"copying {infile} -> {outfile} (by rename)", level=2)
+        return outfile, True
 
 
 compile_args = ["-O0", "-g"] if DEBUG else ["-O3"]
