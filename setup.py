@@ -7,6 +7,7 @@ Environment switches:
 """
 import glob
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -70,15 +71,37 @@ class BuildExtWithOpenMP(build_ext):
         return outfile, True
 
 
-compile_args = ["-O0", "-g"] if DEBUG else ["-O3"]
+# Warnings on: our C (csrc/*.h) compiles clean with them (tests/test_kernels.py compiles each
+# header alone with -Werror). No -Werror here: the C that Cython generates varies with its
+# version and is not ours to fix.
+compile_args = ["-Wall", "-Wextra"] + (["-O0", "-g"] if DEBUG else ["-O3"])
 if NATIVE:
     compile_args.append("-march=native")
+
+
+def local_depends(path, found=None):
+    """The csrc/ files that path reads, directly or through others: headers named in quotes
+    (cdef extern from "x.h", #include "x.h") and cimported .pxd modules. Listed as an
+    extension's depends, so that editing one of them rebuilds the extension."""
+    found = set() if found is None else found
+    with open(path) as f:
+        text = f.read()
+    names = re.findall(r'"(\w+\.h)"', text)
+    names += [m + ".pxd" for m in re.findall(r"^\s*(?:from|cimport)\s+(\w+)", text, re.M)]
+    for name in names:
+        dep = os.path.join("csrc", name)
+        if os.path.exists(dep) and dep not in found:
+            found.add(dep)
+            local_depends(dep, found)
+    return sorted(found)
+
 
 extensions = [
     Extension(
         f"tinygpt._{os.path.splitext(os.path.basename(path))[0]}",
         [path],
-        include_dirs=[np.get_include()],
+        include_dirs=[np.get_include(), "csrc"],
+        depends=local_depends(path),
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
         extra_compile_args=list(compile_args),
         extra_link_args=[],

@@ -5,9 +5,9 @@ The array is treated as flat and cut into fixed spans of SPAN elements, one pran
 each (elementwise, so any thread count gives the same bits).
 
 float64 follows the reference formula with libm tanh. float32, the training dtype, has its
-span loops in C (to carry kernel_math's TG_DISPATCH: AVX2+FMA where the CPU has it) and writes
-the same function through e = exp(-2|u|), which is branch-free (so the loops vectorize) and
-avoids the cancellation in 1 + tanh(u) and 1 - tanh(u)^2 near tanh = -1 and +1:
+span loops in C, in gelu.h (to carry kernel_math.h's TG_DISPATCH: AVX2+FMA where the CPU has
+it), and writes the same function through e = exp(-2|u|), which is branch-free (so the loops
+vectorize) and avoids the cancellation in 1 + tanh(u) and 1 - tanh(u)^2 near tanh = -1 and +1:
     for u >= 0: 1 + t = 2 / (1 + e),  1 - t = 2e / (1 + e)   (swapped for u < 0)
     1 - t^2 = (1 + t)(1 - t)
 It is more accurate than NumPy's float32 reference (see tests/test_kernels.py).
@@ -19,7 +19,6 @@ from cython.parallel cimport prange
 from libc.math cimport tanh
 
 from kernel_checks cimport out_arrays, float_arrays, check_shape, thread_count
-cimport kernel_math  # noqa: the C helpers tg_expf, tg_selectf and TG_DISPATCH
 
 cdef enum:
     SPAN = 4096  # elements per parallel work item
@@ -28,35 +27,7 @@ cdef double GELU_C = 0.7978845608028654  # sqrt(2 / pi)
 cdef double GELU_A = 0.044715
 
 
-cdef extern from *:
-    """
-    /* The float32 spans. With t = tanh(u) and e = exp(-2|u|):
-       big = 2/(1+e) = 1 + |t| and small = big*e = 1 - |t|. */
-    static inline float tg_gelu_u(float x) {
-        return 0.7978845608028654f * (x + 0.044715f * (x * x * x));
-    }
-    TG_DISPATCH
-    static void tg_gelu_forward_f32(const float* x, float* out, Py_ssize_t n) {
-        for (Py_ssize_t i = 0; i < n; i++) {
-            float u = tg_gelu_u(x[i]);
-            float e = tg_expf(-2.0f * fabsf(u));
-            float big = 2.0f / (1.0f + e), small = big * e;
-            out[i] = 0.5f * x[i] * tg_selectf(u >= 0.0f, big, small);  /* 0.5 x (1 + t) */
-        }
-    }
-    TG_DISPATCH
-    static void tg_gelu_backward_f32(const float* dout, const float* x, float* dx, Py_ssize_t n) {
-        for (Py_ssize_t i = 0; i < n; i++) {
-            float xi = x[i], u = tg_gelu_u(xi);
-            float e = tg_expf(-2.0f * fabsf(u));
-            float big = 2.0f / (1.0f + e), small = big * e;
-            float dtanh = 0.7978845608028654f * (1.0f + 0.134145f * xi * xi);
-            /* 0.5 (1 + t) + 0.5 x (1 - t^2) dtanh, with 1 - t^2 = (1 + t)(1 - t) = big * small */
-            dx[i] = dout[i] * (0.5f * tg_selectf(u >= 0.0f, big, small)
-                               + 0.5f * xi * (big * small) * dtanh);
-        }
-    }
-    """
+cdef extern from "gelu.h":
     void tg_gelu_forward_f32(const float* x, float* out, Py_ssize_t n) noexcept nogil
     void tg_gelu_backward_f32(const float* dout, const float* x, float* dx,
                               Py_ssize_t n) noexcept nogil

@@ -1,5 +1,5 @@
-# Shared inline helpers for the kernels in csrc/: float32 exp, fused-type math, and row
-# reductions in a fixed order.
+# Shared inline helpers for the kernels in csrc/: float32 exp (its C in kernel_math.h), fused-type
+# math, and row reductions in a fixed order.
 #
 # Three rules shape them:
 #   * Loops that call them must vectorize without -ffast-math. GCC will not if-convert a branch
@@ -8,81 +8,12 @@
 #   * Results must not depend on the thread count: sums use LANES interleaved partial sums,
 #     combined in one fixed order. The same bits on any number of threads, and a shape that GCC
 #     turns into SIMD adds without reordering anything itself.
-#   * The exp-heavy float32 loops carry TG_DISPATCH (below) to run on AVX2+FMA where the CPU has
+#   * The exp-heavy float32 loops carry TG_DISPATCH (kernel_math.h) to run on AVX2+FMA where the CPU has
 #     it, while the build itself stays portable (no -march=native).
 from cython cimport floating
 from libc.math cimport exp, log, logf, sqrt, sqrtf
 
-cdef extern from *:
-    """
-    #include <stdint.h>
-    #include <string.h>
-
-    /* TG_DISPATCH: GCC's function multiversioning. The function is compiled twice, for x86-64-v3
-       (AVX2, FMA) and for the baseline, and the dynamic loader picks one for the CPU. Every
-       thread of a process uses the same clone, so results stay identical across thread counts
-       (they may differ in the last bits between CPUs with and without FMA). Only where it is
-       known to work: GCC >= 11, x86-64, glibc (ifunc). CFLAGS=-DTINYGPT_NO_DISPATCH turns it
-       off, leaving only the baseline. */
-    #if defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 11 && defined(__x86_64__) \\
-        && defined(__GLIBC__) && !defined(TINYGPT_NO_DISPATCH)
-    #define TG_DISPATCH __attribute__((target_clones("arch=x86-64-v3", "default")))
-    #else
-    #define TG_DISPATCH
-    #endif
-
-    static inline uint32_t tg_float_bits(float f) { uint32_t u; memcpy(&u, &f, sizeof u); return u; }
-    static inline float tg_bits_float(uint32_t u) { float f; memcpy(&f, &u, sizeof f); return f; }
-
-    /* cond ? a : b as a bit mask: both sides are always computed, so loops vectorize. */
-    static inline float tg_selectf(int cond, float a, float b) {
-        uint32_t m = -(uint32_t)(cond != 0);
-        return tg_bits_float((tg_float_bits(a) & m) | (tg_float_bits(b) & ~m));
-    }
-
-    /* exp(x) for float within about 1 ulp, branch-free. exp(x) = 2^n exp(r) with
-       n = round(x / ln2), |r| <= ln2/2, and exp(r) from Cephes' expf polynomial (in Estrin's
-       form: a shorter dependency chain). Results below FLT_MIN (x < -87.34) are flushed to 0
-       rather than made subnormal; x > 88.376 (within a factor 1.4 of FLT_MAX) already gives
-       +inf; NaN gives NaN. */
-    static inline float tg_expf(float x) {
-        const float lo = -87.33654475f, hi = 88.37626266f;
-        uint32_t big = -(uint32_t)(x > hi);
-        uint32_t tiny = -(uint32_t)(x < lo);
-        uint32_t nan = -(uint32_t)(x != x);
-        uint32_t ok = ~(big | tiny | nan);
-        float xc = tg_bits_float(tg_float_bits(x) & ok);                    /* else 0.0f */
-        float n = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  /* rounded */
-        float r = (xc - n * 0.693359375f) + n * 2.12194440e-4f;  /* x - n ln2, in two parts */
-        float r2 = r * r;
-        float p = (5.0000001201e-1f + 1.6666665459e-1f * r)
-                  + r2 * ((4.1665795894e-2f + 8.3334519073e-3f * r)
-                          + r2 * (1.3981999507e-3f + 1.9875691500e-4f * r));
-        p = (p * r2 + r) + 1.0f;
-        float y = p * tg_bits_float((uint32_t)((int32_t)n + 127) << 23);
-        return tg_bits_float((tg_float_bits(y) & ok) | (0x7f800000u & big)
-                             | (tg_float_bits(x) & nan));
-    }
-
-    /* y[i] = exp(x[i] - shift) for i < n (y may be x); returns sum(y) in the order of
-       kernel_math.row_sum. The exp loop of every softmax. */
-    TG_DISPATCH
-    static float tg_exp_shifted_sum(const float* x, float* y, Py_ssize_t n, float shift) {
-        float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-        Py_ssize_t i;
-        int j;
-        for (i = 0; i < n; i++)
-            y[i] = tg_expf(x[i] - shift);
-        for (i = 0; i + 8 <= n; i += 8)
-            for (j = 0; j < 8; j++)
-                acc[j] += y[i + j];
-        for (j = 0; i + j < n; j++)
-            acc[j] += y[i + j];
-        return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
-    }
-    """
-    float tg_expf(float x) noexcept nogil
-    float tg_selectf(int cond, float a, float b) noexcept nogil
+cdef extern from "kernel_math.h":
     float tg_exp_shifted_sum(const float* x, float* y, Py_ssize_t n, float shift) noexcept nogil
 
 

@@ -2,6 +2,11 @@
 tinygpt.reference: parity in float32 and float64 on 1 and 2 threads (with explicit examples at
 every kernel's block boundaries), bitwise determinism across thread counts and reruns, and the
 input checks at the Python boundary."""
+import shutil
+import subprocess
+import sysconfig
+from pathlib import Path
+
 import numpy as np
 import pytest
 from hypothesis import example, given, settings
@@ -303,6 +308,27 @@ def test_every_float32_linear_path_at_its_block_boundaries(n, k, m):
     if "avx512" in results and "avx2" in results:  # one order of products, two vector widths
         for a, b in zip(results["avx512"], results["avx2"]):
             np.testing.assert_array_equal(a, b)
+
+
+# --------------------------------------------------------------------------------- headers
+
+CSRC = Path(__file__).resolve().parent.parent / "csrc"
+
+
+@pytest.mark.parametrize("flags", [["-fopenmp"], [], ["-DTINYGPT_NO_DISPATCH"]],
+                         ids=["openmp", "serial", "no-dispatch"])
+@pytest.mark.parametrize("header", sorted(p.name for p in CSRC.glob("*.h")))
+def test_header_compiles_alone_without_warnings(header, flags, tmp_path):
+    """Our C compiles clean under -Wall -Wextra in each build setup.py makes (with OpenMP,
+    without, without the SIMD dispatch). The build itself keeps warnings non-fatal, for the C
+    that Cython generates; -fkeep-inline-functions compiles the header's unused functions too."""
+    cc = (sysconfig.get_config_var("CC") or "cc").split()
+    if not shutil.which(cc[0]):
+        pytest.skip("no C compiler")
+    command = [*cc, "-x", "c", "-c", "-O1", "-fkeep-inline-functions", "-Wall", "-Wextra",
+               "-Werror", *flags, f"-I{CSRC}", str(CSRC / header), "-o", str(tmp_path / "h.o")]
+    done = subprocess.run(command, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
 
 
 # ----------------------------------------------------------------------------- determinism

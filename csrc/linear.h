@@ -1,0 +1,437 @@
+/* The own float32 GEMM of csrc/linear.pyx (its docstring tells the blocking): AVX-512 12 x 32
+   and AVX2 6 x 16 micro-kernels, packing, and the forward and backward drivers with their
+   OpenMP loops. The ISA is chosen at run time (tg_lin_cpu_isa, and the isa argument of the
+   drivers), so the build needs no -march flag. Compiles alone with -Wall -Wextra. */
+#ifndef TINYGPT_LINEAR_H
+#define TINYGPT_LINEAR_H
+
+#include <stddef.h>
+#include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#define TG_OMP(directive) _Pragma(#directive)
+#else
+#define TG_OMP(directive)
+#endif
+
+/* TG_LIN_SIMD: the own float32 GEMM is compiled (x86-64, GCC or clang). Its AVX2 and
+   AVX-512 code is compiled with target attributes, so the build needs no -march flag and
+   runs anywhere; the CPU is asked at run time (tg_lin_cpu_isa). CFLAGS=-DTINYGPT_NO_DISPATCH
+   leaves it out, and float32 then goes to BLAS like float64. */
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) \
+    && !defined(TINYGPT_NO_DISPATCH)
+#define TG_LIN_SIMD 1
+#include <immintrin.h>
+#else
+#define TG_LIN_SIMD 0
+#endif
+
+enum {
+    TG_LIN_MR_MAX = 12,    /* micro-tile rows, at most (AVX-512; AVX2 has 6) */
+    TG_LIN_NR_MAX = 32,    /* micro-tile columns, at most (AVX-512: two vectors of 16) */
+    TG_LIN_CHUNK = 128,    /* rows of x and dout per pass over the dweight tiles */
+    TG_LIN_SEG_MIN = 128,  /* rows per dweight segment, at least (while N allows 2) */
+    TG_LIN_SEG_MAX = 8,    /* dweight segments, at most: partial sums to keep and add */
+    TG_LIN_FWD_ROWS = 96   /* rows per forward work item */
+};
+
+static inline ptrdiff_t tg_lin_min(ptrdiff_t a, ptrdiff_t b) { return a < b ? a : b; }
+static inline ptrdiff_t tg_lin_round_up(ptrdiff_t a, ptrdiff_t b) {
+    return (a + b - 1) / b * b;
+}
+
+/* Rows per dweight segment: a function of N alone. */
+static inline ptrdiff_t tg_lin_seg_rows(ptrdiff_t N) {
+    ptrdiff_t s = N / TG_LIN_SEG_MIN;
+    s = s < 1 ? 1 : (s > TG_LIN_SEG_MAX ? TG_LIN_SEG_MAX : s);
+    return tg_lin_round_up((N + s - 1) / s, 16);
+}
+
+static inline ptrdiff_t tg_lin_segments(ptrdiff_t N) {
+    ptrdiff_t rows = tg_lin_seg_rows(N);
+    return (N + rows - 1) / rows;
+}
+
+/* Scratch floats of backward: packed weight^T, the partial sums (dweight and dbias of
+   segments 1, 2, ...), then the packed chunks of x and dout: one buffer per thread, or per
+   segment where there are fewer segments than threads (tg_lin_buffers). */
+static inline ptrdiff_t tg_lin_bwd_packed_size(ptrdiff_t K, ptrdiff_t M) {
+    return tg_lin_round_up(K, TG_LIN_NR_MAX) * M;
+}
+static inline ptrdiff_t tg_lin_bwd_partial_size(ptrdiff_t N, ptrdiff_t K, ptrdiff_t M) {
+    return (tg_lin_segments(N) - 1) * (K * M + M);
+}
+static inline ptrdiff_t tg_lin_bwd_thread_size(ptrdiff_t K, ptrdiff_t M) {
+    return TG_LIN_CHUNK * (tg_lin_round_up(K, TG_LIN_MR_MAX)
+                           + tg_lin_round_up(M, TG_LIN_NR_MAX)) + 16;
+}
+static inline ptrdiff_t tg_lin_buffers(ptrdiff_t N, int n_threads) {
+    return tg_lin_min(n_threads, tg_lin_segments(N));
+}
+static inline ptrdiff_t tg_lin_backward_scratch(ptrdiff_t N, ptrdiff_t K, ptrdiff_t M,
+                                                int n_threads) {
+    return tg_lin_bwd_packed_size(K, M) + tg_lin_bwd_partial_size(N, K, M)
+           + tg_lin_buffers(N, n_threads) * tg_lin_bwd_thread_size(K, M);
+}
+
+static inline ptrdiff_t tg_lin_forward_scratch(ptrdiff_t K, ptrdiff_t M) {
+    return tg_lin_round_up(M, TG_LIN_NR_MAX) * K;
+}
+
+/* Pack columns j0 .. j0 + nr of a (kc, n) matrix, a(p, j) = src[p * rs + j * cs], into
+   dst[p * nr + jj], zeros past column n. */
+static inline void tg_lin_pack(const float* src, ptrdiff_t rs, ptrdiff_t cs, ptrdiff_t kc,
+                        ptrdiff_t n, ptrdiff_t j0, int nr, float* dst) {
+    ptrdiff_t p;
+    int jj;
+    for (jj = 0; jj < nr; jj++) {
+        if (j0 + jj < n) {
+            const float* s = src + (j0 + jj) * cs;
+            for (p = 0; p < kc; p++)
+                dst[p * nr + jj] = s[p * rs];
+        } else {
+            for (p = 0; p < kc; p++)
+                dst[p * nr + jj] = 0.0f;
+        }
+    }
+}
+
+/* Pack rows of a (rows, n) row-major block into panels of W columns each,
+   dst[(j0 / W) * rows * W + p * W + jj] = src[p * ld + j0 + jj], zeros past column n,
+   and with sum, add each column into sum[j] (row by row, in order). W is a constant in
+   each copy (tg_lin_pack_panels), so the copies inline and vectorize. */
+static inline __attribute__((always_inline)) void
+tg_lin_pack_panels_w(const float* __restrict src, ptrdiff_t ld, ptrdiff_t rows,
+                     ptrdiff_t n, const int W, float* __restrict dst,
+                     float* __restrict sum) {
+    ptrdiff_t p, j0, full = n / W * W;
+    int jj;
+    for (p = 0; p < rows; p++) {
+        const float* s = src + p * ld;
+        for (j0 = 0; j0 < full; j0 += W) {
+            float* d = dst + j0 * rows + p * W;
+            for (jj = 0; jj < W; jj++)
+                d[jj] = s[j0 + jj];
+            if (sum)
+                for (jj = 0; jj < W; jj++)
+                    sum[j0 + jj] += s[j0 + jj];
+        }
+        if (j0 < n) {
+            float* d = dst + j0 * rows + p * W;
+            for (jj = 0; jj < W; jj++)
+                d[jj] = j0 + jj < n ? s[j0 + jj] : 0.0f;
+            if (sum)
+                for (jj = 0; jj < n - j0; jj++)
+                    sum[j0 + jj] += s[j0 + jj];
+        }
+    }
+}
+
+static inline void tg_lin_pack_panels(const float* src, ptrdiff_t ld, ptrdiff_t rows,
+                                      ptrdiff_t n, int w, float* dst, float* sum) {
+    switch (w) {
+        case 6: tg_lin_pack_panels_w(src, ld, rows, n, 6, dst, sum); break;
+        case 12: tg_lin_pack_panels_w(src, ld, rows, n, 12, dst, sum); break;
+        case 16: tg_lin_pack_panels_w(src, ld, rows, n, 16, dst, sum); break;
+        default: tg_lin_pack_panels_w(src, ld, rows, n, 32, dst, sum); break;
+    }
+}
+
+#if TG_LIN_SIMD
+/* ---- micro-kernels.  c (mr, nv vectors) = [c +] sum_p a(i, p) * b(p, :) [+ bias + res]
+   a(i, p) = a[i * lda + p] when A_ROWS (x or dout rows: forward, dx), else a[p * lda + i]
+   (a packed chunk of x: dweight); b(p, :) = b[p * ldb ...] (packed, whole vectors).
+   c, bias and res have `last` valid lanes in the last vector. With beta the tile starts
+   from c, otherwise from zero. Each entry: one FMA per p, in order, so the result is the
+   same whatever the tiling. */
+
+#define TG_UNROLL _Pragma("GCC unroll 16")
+
+__attribute__((target("avx512f"), always_inline)) static inline void
+tg_ukr16(const int mr, const int nv, const int a_rows, ptrdiff_t kc, const float* a,
+         ptrdiff_t lda, const float* b, ptrdiff_t ldb, float* c, ptrdiff_t ldc, int beta,
+         int last, const float* bias, const float* res, ptrdiff_t ldr) {
+    __m512 acc[12][2];
+    const float* ar[12];
+    const __mmask16 mask = (__mmask16)((1u << last) - 1u);
+    ptrdiff_t p;
+    TG_UNROLL for (int i = 0; i < mr; i++) {
+        ar[i] = a_rows ? a + i * lda : a + i;
+        TG_UNROLL for (int v = 0; v < nv; v++)
+            acc[i][v] = beta ? _mm512_maskz_loadu_ps(v == nv - 1 ? mask : 0xFFFF,
+                                                     c + i * ldc + 16 * v)
+                             : _mm512_setzero_ps();
+    }
+    for (p = 0; p < kc; p++) {
+        __m512 bv[2];
+        TG_UNROLL for (int v = 0; v < nv; v++)
+            bv[v] = _mm512_loadu_ps(b + 16 * v);
+        b += ldb;
+        TG_UNROLL for (int i = 0; i < mr; i++) {
+            __m512 av = _mm512_set1_ps(a_rows ? ar[i][p] : a[i]);
+            TG_UNROLL for (int v = 0; v < nv; v++)
+                acc[i][v] = _mm512_fmadd_ps(av, bv[v], acc[i][v]);
+        }
+        if (!a_rows)
+            a += lda;
+    }
+    TG_UNROLL for (int i = 0; i < mr; i++) {
+        TG_UNROLL for (int v = 0; v < nv; v++) {
+            __mmask16 m = v == nv - 1 ? mask : 0xFFFF;
+            __m512 r = acc[i][v];
+            if (bias)
+                r = _mm512_add_ps(r, _mm512_maskz_loadu_ps(m, bias + 16 * v));
+            if (res)
+                r = _mm512_add_ps(r, _mm512_maskz_loadu_ps(m, res + i * ldr + 16 * v));
+            _mm512_mask_storeu_ps(c + i * ldc + 16 * v, m, r);
+        }
+    }
+}
+
+__attribute__((target("avx2,fma"), always_inline)) static inline __m256
+tg_load8(const float* p, int full, __m256i mask) {
+    return full ? _mm256_loadu_ps(p) : _mm256_maskload_ps(p, mask);
+}
+
+__attribute__((target("avx2,fma"), always_inline)) static inline void
+tg_ukr8(const int mr, const int nv, const int a_rows, ptrdiff_t kc, const float* a,
+        ptrdiff_t lda, const float* b, ptrdiff_t ldb, float* c, ptrdiff_t ldc, int beta,
+        int last, const float* bias, const float* res, ptrdiff_t ldr) {
+    __m256 acc[6][2];
+    const float* ar[6];
+    const __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(last),
+                                            _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    ptrdiff_t p;
+    TG_UNROLL for (int i = 0; i < mr; i++) {
+        ar[i] = a_rows ? a + i * lda : a + i;
+        TG_UNROLL for (int v = 0; v < nv; v++)
+            acc[i][v] = beta ? tg_load8(c + i * ldc + 8 * v, v < nv - 1 || last == 8, mask)
+                             : _mm256_setzero_ps();
+    }
+    for (p = 0; p < kc; p++) {
+        __m256 bv[2];
+        TG_UNROLL for (int v = 0; v < nv; v++)
+            bv[v] = _mm256_loadu_ps(b + 8 * v);
+        b += ldb;
+        TG_UNROLL for (int i = 0; i < mr; i++) {
+            __m256 av = _mm256_broadcast_ss(a_rows ? ar[i] + p : a + i);
+            TG_UNROLL for (int v = 0; v < nv; v++)
+                acc[i][v] = _mm256_fmadd_ps(av, bv[v], acc[i][v]);
+        }
+        if (!a_rows)
+            a += lda;
+    }
+    TG_UNROLL for (int i = 0; i < mr; i++) {
+        TG_UNROLL for (int v = 0; v < nv; v++) {
+            int full = v < nv - 1 || last == 8;
+            __m256 r = acc[i][v];
+            if (bias)
+                r = _mm256_add_ps(r, tg_load8(bias + 8 * v, full, mask));
+            if (res)
+                r = _mm256_add_ps(r, tg_load8(res + i * ldr + 8 * v, full, mask));
+            if (full)
+                _mm256_storeu_ps(c + i * ldc + 8 * v, r);
+            else
+                _mm256_maskstore_ps(c + i * ldc + 8 * v, mask, r);
+        }
+    }
+}
+
+/* One function per (ISA, A layout): a switch that inlines the kernel for each tile shape. */
+#define TG_KERNEL_ARGS int mr, int nv, int last, ptrdiff_t kc, const float* a, \
+    ptrdiff_t lda, const float* b, ptrdiff_t ldb, float* c, ptrdiff_t ldc, int beta, \
+    const float* bias, const float* res, ptrdiff_t ldr
+#define TG_ARGS kc, a, lda, b, ldb, c, ldc, beta, last, bias, res, ldr
+#define TG_CASE(UKR, MR, AR) case MR: \
+    if (nv == 2) UKR(MR, 2, AR, TG_ARGS); else UKR(MR, 1, AR, TG_ARGS); break;
+
+__attribute__((target("avx512f"))) static void tg_kernel16_rows(TG_KERNEL_ARGS) {
+    switch (mr) {
+        TG_CASE(tg_ukr16, 1, 1) TG_CASE(tg_ukr16, 2, 1) TG_CASE(tg_ukr16, 3, 1)
+        TG_CASE(tg_ukr16, 4, 1) TG_CASE(tg_ukr16, 5, 1) TG_CASE(tg_ukr16, 6, 1)
+        TG_CASE(tg_ukr16, 7, 1) TG_CASE(tg_ukr16, 8, 1) TG_CASE(tg_ukr16, 9, 1)
+        TG_CASE(tg_ukr16, 10, 1) TG_CASE(tg_ukr16, 11, 1) TG_CASE(tg_ukr16, 12, 1)
+    }
+}
+
+__attribute__((target("avx512f"))) static void tg_kernel16_cols(TG_KERNEL_ARGS) {
+    switch (mr) {
+        TG_CASE(tg_ukr16, 1, 0) TG_CASE(tg_ukr16, 2, 0) TG_CASE(tg_ukr16, 3, 0)
+        TG_CASE(tg_ukr16, 4, 0) TG_CASE(tg_ukr16, 5, 0) TG_CASE(tg_ukr16, 6, 0)
+        TG_CASE(tg_ukr16, 7, 0) TG_CASE(tg_ukr16, 8, 0) TG_CASE(tg_ukr16, 9, 0)
+        TG_CASE(tg_ukr16, 10, 0) TG_CASE(tg_ukr16, 11, 0) TG_CASE(tg_ukr16, 12, 0)
+    }
+}
+
+__attribute__((target("avx2,fma"))) static void tg_kernel8_rows(TG_KERNEL_ARGS) {
+    switch (mr) {
+        TG_CASE(tg_ukr8, 1, 1) TG_CASE(tg_ukr8, 2, 1) TG_CASE(tg_ukr8, 3, 1)
+        TG_CASE(tg_ukr8, 4, 1) TG_CASE(tg_ukr8, 5, 1) TG_CASE(tg_ukr8, 6, 1)
+    }
+}
+
+__attribute__((target("avx2,fma"))) static void tg_kernel8_cols(TG_KERNEL_ARGS) {
+    switch (mr) {
+        TG_CASE(tg_ukr8, 1, 0) TG_CASE(tg_ukr8, 2, 0) TG_CASE(tg_ukr8, 3, 0)
+        TG_CASE(tg_ukr8, 4, 0) TG_CASE(tg_ukr8, 5, 0) TG_CASE(tg_ukr8, 6, 0)
+    }
+}
+
+typedef void (*tg_kernel_fn)(TG_KERNEL_ARGS);
+
+/* 2: AVX-512 (F), 1: AVX2 + FMA, 0: neither (BLAS runs float32 too). */
+static inline int tg_lin_cpu_isa(void) {
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f"))
+        return 2;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+        return 1;
+    return 0;
+}
+
+typedef struct {
+    int mr, nr, v;
+    tg_kernel_fn rows, cols;
+} tg_lin_isa_t;
+
+static tg_lin_isa_t tg_lin_isa_get(int isa) {
+    tg_lin_isa_t t;
+    if (isa == 2) {
+        t.mr = 12; t.nr = 32; t.v = 16; t.rows = tg_kernel16_rows; t.cols = tg_kernel16_cols;
+    } else {
+        t.mr = 6; t.nr = 16; t.v = 8; t.rows = tg_kernel8_rows; t.cols = tg_kernel8_cols;
+    }
+    return t;
+}
+
+/* c (rows, n) = a (rows, kc; row-major, lda) @ B [+ bias + res], B packed in nr-column
+   panels of kc rows each. Each micro-tile's rows of a stay in L1 while the panels pass,
+   and the next micro-tile's rows are fetched meanwhile (+2-4% when they come from
+   memory, as they do in a training step). */
+static void tg_lin_rows_gemm(const tg_lin_isa_t* t, const float* a, ptrdiff_t lda,
+                             ptrdiff_t rows, ptrdiff_t kc, const float* bp, ptrdiff_t n,
+                             float* c, ptrdiff_t ldc, const float* bias, const float* res,
+                             ptrdiff_t ldr) {
+    ptrdiff_t j0, i0, r, off;
+    for (i0 = 0; i0 < rows; i0 += t->mr) {
+        int mr = (int)tg_lin_min(t->mr, rows - i0);
+        for (r = i0 + t->mr; r < tg_lin_min(rows, i0 + 2 * t->mr); r++)
+            for (off = 0; off < kc; off += 16)
+                __builtin_prefetch(a + r * lda + off, 0, 3);
+        for (j0 = 0; j0 < n; j0 += t->nr) {
+            int cols = (int)tg_lin_min(t->nr, n - j0);
+            int nv = (cols + t->v - 1) / t->v;
+            t->rows(mr, nv, cols - (nv - 1) * t->v, kc, a + i0 * lda, lda,
+                    bp + j0 * kc, t->nr, c + i0 * ldc + j0, ldc, 0,
+                    bias ? bias + j0 : NULL, res ? res + i0 * ldr + j0 : NULL, ldr);
+        }
+    }
+}
+
+/* dw (K, M) [+]= x[:rows]^T @ dout[:rows]; db (M) [+]= the rows' sum. The rows are packed
+   first (x in mr-column panels, dout in nr-column panels, its rows summed into db on the
+   way) so the kernel reads both sequentially, free of the cache-set conflicts that the
+   power-of-two row strides bring; each dout panel then stays in L1 while the x panels
+   pass. */
+static void tg_lin_dweight_rows(const tg_lin_isa_t* t, const float* x, const float* dout,
+                                ptrdiff_t rows, ptrdiff_t K, ptrdiff_t M, float* dw,
+                                float* db, int beta, float* buf) {
+    float* xp = buf;
+    float* dp = buf + rows * tg_lin_round_up(K, t->mr);
+    ptrdiff_t j0, i0, j;
+    if (!beta)
+        for (j = 0; j < M; j++)
+            db[j] = 0.0f;
+    tg_lin_pack_panels(x, K, rows, K, t->mr, xp, NULL);
+    tg_lin_pack_panels(dout, M, rows, M, t->nr, dp, db);
+    for (j0 = 0; j0 < M; j0 += t->nr) {
+        int cols = (int)tg_lin_min(t->nr, M - j0);
+        int nv = (cols + t->v - 1) / t->v;
+        for (i0 = 0; i0 < K; i0 += t->mr) {
+            int mr = (int)tg_lin_min(t->mr, K - i0);
+            t->cols(mr, nv, cols - (nv - 1) * t->v, rows, xp + i0 * rows, t->mr,
+                    dp + j0 * rows, t->nr, dw + i0 * M + j0, M, beta, NULL, NULL, 0);
+        }
+    }
+}
+
+static inline void tg_lin_forward_f32(const float* x, const float* w, const float* bias,
+                               const float* res, ptrdiff_t N, ptrdiff_t K, ptrdiff_t M,
+                               float* out, float* scratch, int isa, int n_threads) {
+    tg_lin_isa_t t = tg_lin_isa_get(isa);
+    ptrdiff_t panels = (M + t.nr - 1) / t.nr;
+    ptrdiff_t blocks = (N + TG_LIN_FWD_ROWS - 1) / TG_LIN_FWD_ROWS;
+    ptrdiff_t jb, blk;
+    (void)n_threads;  /* read by the OpenMP pragma alone */
+    TG_OMP(omp parallel num_threads(n_threads))
+    {
+        TG_OMP(omp for schedule(static))
+        for (jb = 0; jb < panels; jb++)
+            tg_lin_pack(w, M, 1, K, M, jb * t.nr, t.nr, scratch + jb * K * t.nr);
+        TG_OMP(omp for schedule(dynamic, 1))
+        for (blk = 0; blk < blocks; blk++) {
+            ptrdiff_t r0 = blk * TG_LIN_FWD_ROWS;
+            ptrdiff_t rows = tg_lin_min(TG_LIN_FWD_ROWS, N - r0);
+            tg_lin_rows_gemm(&t, x + r0 * K, K, rows, K, scratch, M, out + r0 * M, M, bias,
+                             res ? res + r0 * M : NULL, M);
+        }
+    }
+}
+
+static inline void tg_lin_backward_f32(const float* dout, const float* x, const float* w,
+                                ptrdiff_t N, ptrdiff_t K, ptrdiff_t M, float* dx, float* dw,
+                                float* db, float* scratch, int isa, int n_threads) {
+    tg_lin_isa_t t = tg_lin_isa_get(isa);
+    ptrdiff_t panels = (K + t.nr - 1) / t.nr;
+    ptrdiff_t seg = tg_lin_seg_rows(N), n_seg = tg_lin_segments(N);
+    float* packed = scratch;  /* weight^T: (M, K) in nr-column panels */
+    float* partial = packed + tg_lin_bwd_packed_size(K, M);
+    float* bufs = partial + tg_lin_bwd_partial_size(N, K, M);
+    ptrdiff_t jb, s, i;
+    int per_thread = n_threads <= n_seg;
+    TG_OMP(omp parallel num_threads(n_threads))
+    {
+        #ifdef _OPENMP
+        ptrdiff_t thread = omp_get_thread_num();
+        #else
+        ptrdiff_t thread = 0;
+        #endif
+        TG_OMP(omp for schedule(static))
+        for (jb = 0; jb < panels; jb++)
+            tg_lin_pack(w, 1, M, M, K, jb * t.nr, t.nr, packed + jb * M * t.nr);
+        TG_OMP(omp for schedule(dynamic, 1))
+        for (s = 0; s < n_seg; s++) {
+            float* pdw = s == 0 ? dw : partial + (s - 1) * (K * M + M);
+            float* pdb = s == 0 ? db : pdw + K * M;
+            float* buf = bufs + (per_thread ? thread : s) * tg_lin_bwd_thread_size(K, M);
+            ptrdiff_t r0, end = tg_lin_min(N, (s + 1) * seg);
+            for (r0 = s * seg; r0 < end; r0 += TG_LIN_CHUNK) {
+                ptrdiff_t rows = tg_lin_min(TG_LIN_CHUNK, end - r0);
+                tg_lin_rows_gemm(&t, dout + r0 * M, M, rows, M, packed, K, dx + r0 * K, K,
+                                 NULL, NULL, 0);
+                tg_lin_dweight_rows(&t, x + r0 * K, dout + r0 * M, rows, K, M, pdw, pdb,
+                                    r0 > s * seg, buf);
+            }
+        }
+        /* the partial sums, added in segment order: row i of dweight (i = K: dbias) */
+        TG_OMP(omp for schedule(static))
+        for (i = 0; i <= K; i++) {
+            float* dst = i < K ? dw + i * M : db;
+            ptrdiff_t j, k;
+            for (k = 1; k < n_seg; k++) {
+                const float* src = partial + (k - 1) * (K * M + M) + i * M;
+                for (j = 0; j < M; j++)
+                    dst[j] += src[j];
+            }
+        }
+    }
+}
+#else
+/* No own GEMM: tg_lin_cpu_isa() is 0, so the callers never run the drivers (float32 goes to
+   BLAS); these stand-ins only let them compile. */
+static inline int tg_lin_cpu_isa(void) { return 0; }
+#define tg_lin_forward_f32(...) ((void)0)
+#define tg_lin_backward_f32(...) ((void)0)
+#endif
+
+#endif
