@@ -17,16 +17,13 @@ The forward keeps only lse, the log-sum-exp of each row of scaled scores; the ba
 the probabilities from q, k and lse (flash-attention style) and uses
 sum_j P[t, j] dP[t, j] = dout[t] . out[t].
 """
-import numpy as np
-
 from libc.math cimport sqrt
 from libc.stdlib cimport free, malloc
 
 from cython cimport floating
 from cython.parallel cimport parallel, prange
 
-from kernel_checks cimport (float_arrays, check_ndim, check_shape, out_arrays, positive_int,
-                            thread_count)
+from kernel_checks cimport require, thread_count
 from kernel_math cimport exp_shifted_sum, flog, row_dot, row_max
 
 cdef extern from "attention.h":
@@ -41,6 +38,8 @@ cdef extern from "attention.h":
 
 cdef enum:
     PAD = 16  # score rows are padded to a multiple of this: whole column blocks of tg_gemm
+
+_BLOCKS = {"rows": TG_MR, "pad": PAD}  # the gemm's blocks, for the tests' boundary cases
 
 
 cdef inline void gemm(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const floating* a,
@@ -170,15 +169,27 @@ cdef void backward_head(const floating* dout, const floating* q, const floating*
     lower_t_times(ds, T, Tp, D, q, ldq, dq + C, ldq)        # dk = scale * dS^T @ q
 
 
-cdef int forward_impl(const floating[:, :, ::1] qkv, floating[:, :, ::1] out,
-                      floating[:, :, ::1] lse, int n_threads) noexcept:
-    """Returns 0, or -1 if scratch memory could not be allocated."""
-    cdef Py_ssize_t B = qkv.shape[0], T = qkv.shape[1], C = out.shape[2], H = lse.shape[1]
+cdef int check_heads(Py_ssize_t C3, Py_ssize_t C, int n_heads) except -1:
+    return require(C3 == 3 * C and n_heads >= 1 and C % n_heads == 0,
+                   "qkv (B, T, 3C), C divisible by n_heads")
+
+
+def attention_forward(const floating[:, :, ::1] qkv not None, int n_heads,
+                      floating[:, :, ::1] out not None, floating[:, :, ::1] lse not None,
+                      int n_threads):
+    """Causal self-attention. qkv (B, T, 3C) = [q | k | v], each split into n_heads heads
+    -> out (B, T, C), lse (B, H, T)."""
+    cdef Py_ssize_t B = qkv.shape[0], T = qkv.shape[1], C = out.shape[2], H = n_heads
+    check_heads(qkv.shape[2], C, n_heads)
+    require(out.shape[0] == B and out.shape[1] == T and lse.shape[0] == B and lse.shape[1] == H
+            and lse.shape[2] == T, "out (B, T, C), lse (B, H, T)")
+    if B * T == 0:
+        return
     cdef Py_ssize_t D = C // H, bh, b, h
     cdef floating scale = <floating>(1.0 / sqrt(<double>D))
     cdef floating* p = NULL
     cdef int failed = 0
-    with nogil, parallel(num_threads=n_threads):
+    with nogil, parallel(num_threads=thread_count(n_threads)):
         p = <floating*>malloc((T + D) * padded(T) * sizeof(floating))
         for bh in prange(B * H, schedule='static'):
             b = bh // H
@@ -189,19 +200,31 @@ cdef int forward_impl(const floating[:, :, ::1] qkv, floating[:, :, ::1] out,
                 forward_head(&qkv[b, 0, h * D], 3 * C, T, C, D, scale, &out[b, 0, h * D], C,
                              &lse[b, h, 0], p)
         free(p)
-    return -1 if failed else 0
+    if failed:
+        raise MemoryError("attention_forward: could not allocate scratch memory")
 
 
-cdef int backward_impl(const floating[:, :, ::1] dout, const floating[:, :, ::1] qkv,
-                       const floating[:, :, ::1] out, const floating[:, :, ::1] lse,
-                       floating[:, :, ::1] dqkv, int n_threads) noexcept:
-    """Returns 0, or -1 if scratch memory could not be allocated."""
-    cdef Py_ssize_t B = qkv.shape[0], T = qkv.shape[1], C = out.shape[2], H = lse.shape[1]
+def attention_backward(const floating[:, :, ::1] dout not None,
+                       const floating[:, :, ::1] qkv not None,
+                       const floating[:, :, ::1] att not None,
+                       const floating[:, :, ::1] lse not None, int n_heads,
+                       floating[:, :, ::1] dqkv not None, int n_threads):
+    """dout (B, T, C), then forward's qkv (B, T, 3C), att (its out, (B, T, C)), lse (B, H, T)
+    -> dqkv (B, T, 3C)."""
+    cdef Py_ssize_t B = qkv.shape[0], T = qkv.shape[1], C = dout.shape[2], H = n_heads
+    check_heads(qkv.shape[2], C, n_heads)
+    require(dout.shape[0] == B and dout.shape[1] == T and att.shape[0] == B
+            and att.shape[1] == T and att.shape[2] == C and lse.shape[0] == B
+            and lse.shape[1] == H and lse.shape[2] == T and dqkv.shape[0] == B
+            and dqkv.shape[1] == T and dqkv.shape[2] == 3 * C,
+            "dout, att (B, T, C), lse (B, H, T), dqkv (B, T, 3C)")
+    if B * T == 0:
+        return
     cdef Py_ssize_t D = C // H, bh, b, h
     cdef floating scale = <floating>(1.0 / sqrt(<double>D))
     cdef floating* p = NULL
     cdef int failed = 0
-    with nogil, parallel(num_threads=n_threads):
+    with nogil, parallel(num_threads=thread_count(n_threads)):
         p = <floating*>malloc(2 * (T + D) * padded(T) * sizeof(floating))
         for bh in prange(B * H, schedule='static'):
             b = bh // H
@@ -209,59 +232,8 @@ cdef int backward_impl(const floating[:, :, ::1] dout, const floating[:, :, ::1]
             if p == NULL:
                 failed += 1
             else:
-                backward_head(&dout[b, 0, h * D], &qkv[b, 0, h * D], &out[b, 0, h * D],
+                backward_head(&dout[b, 0, h * D], &qkv[b, 0, h * D], &att[b, 0, h * D],
                               3 * C, C, &lse[b, h, 0], T, C, D, scale, &dqkv[b, 0, h * D], p)
         free(p)
-    return -1 if failed else 0
-
-
-def _check_heads(qkv, n_heads):
-    """qkv must be (B, T, 3C) with C divisible by n_heads; returns (B, T, C, D)."""
-    check_ndim("qkv", qkv, 3, "(B, T, 3C)")
-    B, T, C3 = qkv.shape
-    if C3 == 0 or C3 % 3:
-        raise ValueError(f"qkv's last axis must be 3C with C >= 1, got shape {qkv.shape}")
-    H = positive_int("n_heads", n_heads)
-    C = C3 // 3
-    if C % H:
-        raise ValueError(f"C = {C} must be divisible by n_heads = {H}")
-    return B, T, C, H
-
-
-def attention_forward(qkv, n_heads, n_threads, out=None):
-    """Causal self-attention. qkv (B, T, 3C) = [q | k | v], each split into n_heads heads
-    -> out (B, T, C), lse (B, H, T), written into ``out`` = (out, lse) when given."""
-    cdef int nt = thread_count(n_threads)
-    (qkv,) = float_arrays(("qkv",), (qkv,))
-    B, T, C, H = _check_heads(qkv, n_heads)
-    out, lse = out_arrays(("out", "lse"), out, ((B, T, C), (B, H, T)), qkv.dtype)
-    if qkv.size == 0:
-        return out, lse
-    if qkv.dtype == np.float32:
-        status = forward_impl[float](qkv, out, lse, nt)
-    else:
-        status = forward_impl[double](qkv, out, lse, nt)
-    if status:
-        raise MemoryError("attention_forward: could not allocate scratch memory")
-    return out, lse
-
-
-def attention_backward(dout, qkv, att, lse, n_heads, n_threads, out=None):
-    """dout (B, T, C), then forward's qkv (B, T, 3C), att (its out, (B, T, C)), lse (B, H, T)
-    -> dqkv (B, T, 3C), written into ``out`` when given."""
-    cdef int nt = thread_count(n_threads)
-    dout, qkv, att, lse = float_arrays(("dout", "qkv", "att", "lse"), (dout, qkv, att, lse))
-    B, T, C, H = _check_heads(qkv, n_heads)
-    check_shape("dout", dout, (B, T, C), "(B, T, C)")
-    check_shape("att", att, (B, T, C), "(B, T, C)")
-    check_shape("lse", lse, (B, H, T), "(B, H, T)")
-    (dqkv,) = out_arrays(("dqkv",), out, (qkv.shape,), qkv.dtype)
-    if qkv.size == 0:
-        return dqkv
-    if qkv.dtype == np.float32:
-        status = backward_impl[float](dout, qkv, att, lse, dqkv, nt)
-    else:
-        status = backward_impl[double](dout, qkv, att, lse, dqkv, nt)
-    if status:
+    if failed:
         raise MemoryError("attention_backward: could not allocate scratch memory")
-    return dqkv

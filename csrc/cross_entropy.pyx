@@ -10,8 +10,10 @@ import numpy as np
 from cython cimport floating
 from cython.parallel cimport prange
 
-from kernel_checks cimport out_arrays, float_arrays, check_ndim, thread_count
-from kernel_math cimport exp_shifted_sum, flog, row_max
+from kernel_checks cimport require, thread_count
+from kernel_math cimport LANES, exp_shifted_sum, flog, row_max
+
+_BLOCKS = {"lanes": LANES}  # the reductions' partial sums, for the tests' boundary cases
 
 
 cdef floating softmax_xent_row(const floating* z, Py_ssize_t V, Py_ssize_t target,
@@ -33,41 +35,23 @@ cdef floating softmax_xent_row(const floating* z, Py_ssize_t V, Py_ssize_t targe
     return (m + flog(s)) - z[target]
 
 
-cdef void xent_impl(const floating[:, ::1] logits, const long long[::1] targets,
-                    double inv_n, floating[:, ::1] dlogits, floating[::1] row_loss,
-                    int n_threads) noexcept:
-    cdef Py_ssize_t N = logits.shape[0], V = logits.shape[1], i
-    for i in prange(N, nogil=True, schedule='static', num_threads=n_threads):
-        row_loss[i] = softmax_xent_row(&logits[i, 0], V, <Py_ssize_t>targets[i],
-                                       <floating>inv_n, &dlogits[i, 0])
-
-
-def softmax_cross_entropy(logits, targets, n_threads, out=None):
-    """logits (N, V) float32/float64, targets (N,) integers in [-1, V), -1 = ignore
-    -> (mean loss over the rows not ignored as a Python float, dlogits (N, V)); dlogits is
-    written into ``out`` when given."""
+def softmax_cross_entropy(const floating[:, ::1] logits not None,
+                          const long long[::1] targets not None,
+                          floating[:, ::1] dlogits not None, int n_threads):
+    """logits (N, V), targets (N,) in [-1, V), -1 = ignore -> the mean loss over the rows not
+    ignored (a Python float); dlogits (N, V) receives its gradient."""
+    cdef Py_ssize_t N = logits.shape[0], V = logits.shape[1], i, n_valid = 0, n_outside = 0
+    require(targets.shape[0] == N and dlogits.shape[0] == N and dlogits.shape[1] == V,
+            "logits, dlogits (N, V), targets (N,)")
+    for i in range(N):
+        n_outside += targets[i] < -1 or targets[i] >= V
+        n_valid += targets[i] >= 0
+    require(n_outside == 0, "targets outside [-1, V)")
+    row_loss = np.empty(N, np.float32 if floating is float else np.float64)
+    cdef floating[::1] losses = row_loss
+    cdef floating inv_n = <floating>(1.0 / n_valid) if n_valid else 0
     cdef int nt = thread_count(n_threads)
-    (logits,) = float_arrays(("logits",), (logits,))
-    check_ndim("logits", logits, 2, "(N, V)")
-    N, V = logits.shape
-    targets = np.asarray(targets)
-    if not np.issubdtype(targets.dtype, np.integer):
-        raise TypeError(f"targets must be an integer array, got dtype {targets.dtype}")
-    if targets.shape != (N,):
-        raise ValueError(f"targets must have shape (N,) = {(N,)}, got {targets.shape}")
-    bad = np.flatnonzero((targets < -1) | (targets >= V))
-    if bad.size:
-        i = int(bad[0])
-        raise ValueError(f"targets[{i}] = {targets[i]} is out of range: targets must be in "
-                         f"[-1, V) = [-1, {V}), with -1 meaning ignore")
-    targets = np.ascontiguousarray(targets, dtype=np.int64)
-    n_valid = int(np.count_nonzero(targets >= 0))
-    if n_valid == 0:
-        raise ValueError("every target is -1 (ignored): the mean loss is undefined")
-    (dlogits,) = out_arrays(("dlogits",), out, ((N, V),), logits.dtype)
-    row_loss = np.empty(N, logits.dtype)
-    if logits.dtype == np.float32:
-        xent_impl[float](logits, targets, 1.0 / n_valid, dlogits, row_loss, nt)
-    else:
-        xent_impl[double](logits, targets, 1.0 / n_valid, dlogits, row_loss, nt)
-    return float(row_loss.sum(dtype=np.float64) / n_valid), dlogits
+    for i in prange(N, nogil=True, schedule='static', num_threads=nt):
+        losses[i] = softmax_xent_row(&logits[i, 0], V, <Py_ssize_t>targets[i], inv_n,
+                                     &dlogits[i, 0])
+    return float(row_loss.sum(dtype=np.float64) / n_valid)

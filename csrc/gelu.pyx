@@ -12,16 +12,16 @@ vectorize) and avoids the cancellation in 1 + tanh(u) and 1 - tanh(u)^2 near tan
     1 - t^2 = (1 + t)(1 - t)
 It is more accurate than NumPy's float32 reference (see tests/test_kernels.py).
 """
-import numpy as np
-
 from cython cimport floating
 from cython.parallel cimport prange
 from libc.math cimport tanh
 
-from kernel_checks cimport out_arrays, float_arrays, check_shape, thread_count
+from kernel_checks cimport require, thread_count
 
 cdef enum:
     SPAN = 4096  # elements per parallel work item
+
+_BLOCKS = {"span": SPAN}  # the work split, for the tests' boundary cases
 
 cdef double GELU_C = 0.7978845608028654  # sqrt(2 / pi)
 cdef double GELU_A = 0.044715
@@ -60,49 +60,22 @@ cdef void gelu_backward_span(const floating* dout, const floating* x, floating* 
             dx[i] = dout[i] * (0.5 * (1 + t) + 0.5 * xi * (1 - t * t) * dtanh)
 
 
-cdef void gelu_forward_impl(const floating[::1] x, floating[::1] out, int n_threads) noexcept:
+def gelu_forward(const floating[::1] x not None, floating[::1] out not None, int n_threads):
+    """out (n,) = gelu(x (n,)), for the flattened array."""
+    require(out.shape[0] == x.shape[0], "x, out")
     cdef Py_ssize_t n = x.shape[0], start, span
-    cdef Py_ssize_t n_spans = (n + SPAN - 1) // SPAN
-    for span in prange(n_spans, nogil=True, schedule='static', num_threads=n_threads):
+    cdef int nt = thread_count(n_threads)
+    for span in prange((n + SPAN - 1) // SPAN, nogil=True, schedule='static', num_threads=nt):
         start = span * SPAN
         gelu_forward_span(&x[start], &out[start], min(<Py_ssize_t>SPAN, n - start))
 
 
-cdef void gelu_backward_impl(const floating[::1] dout, const floating[::1] x, floating[::1] dx,
-                             int n_threads) noexcept:
+def gelu_backward(const floating[::1] dout not None, const floating[::1] x not None,
+                  floating[::1] dx not None, int n_threads):
+    """dx (n,) = dout (n,) * gelu'(x (n,)), for the flattened arrays."""
+    require(dout.shape[0] == x.shape[0] and dx.shape[0] == x.shape[0], "dout, x, dx")
     cdef Py_ssize_t n = x.shape[0], start, span
-    cdef Py_ssize_t n_spans = (n + SPAN - 1) // SPAN
-    for span in prange(n_spans, nogil=True, schedule='static', num_threads=n_threads):
+    cdef int nt = thread_count(n_threads)
+    for span in prange((n + SPAN - 1) // SPAN, nogil=True, schedule='static', num_threads=nt):
         start = span * SPAN
         gelu_backward_span(&dout[start], &x[start], &dx[start], min(<Py_ssize_t>SPAN, n - start))
-
-
-def gelu_forward(x, n_threads, out=None):
-    """x (any shape), float32 or float64 -> out (same shape and dtype), written into ``out``
-    when given."""
-    cdef int nt = thread_count(n_threads)
-    (x,) = float_arrays(("x",), (x,))
-    (out,) = out_arrays(("out",), out, (x.shape,), x.dtype)
-    if x.size == 0:
-        return out
-    if x.dtype == np.float32:
-        gelu_forward_impl[float](x.reshape(-1), out.reshape(-1), nt)
-    else:
-        gelu_forward_impl[double](x.reshape(-1), out.reshape(-1), nt)
-    return out
-
-
-def gelu_backward(dout, x, n_threads, out=None):
-    """dout (any shape), then forward's x (same shape) -> dx (same shape), written into ``out``
-    when given."""
-    cdef int nt = thread_count(n_threads)
-    dout, x = float_arrays(("dout", "x"), (dout, x))
-    check_shape("dout", dout, x.shape, "x.shape")
-    (dx,) = out_arrays(("dx",), out, (x.shape,), x.dtype)
-    if x.size == 0:
-        return dx
-    if x.dtype == np.float32:
-        gelu_backward_impl[float](dout.reshape(-1), x.reshape(-1), dx.reshape(-1), nt)
-    else:
-        gelu_backward_impl[double](dout.reshape(-1), x.reshape(-1), dx.reshape(-1), nt)
-    return dx

@@ -10,11 +10,14 @@ import numpy as np
 from cython cimport floating
 from cython.parallel cimport prange
 
-from kernel_checks cimport out_arrays, float_arrays, check_ndim, check_shape, thread_count
+from kernel_checks cimport require, thread_count
 from kernel_math cimport LANES, fsqrt, row_dot, row_sum
 
 cdef enum:
     ROWS_PER_CHUNK = 64  # rows per backward work item, and per dweight/dbias partial sum
+
+# the work split and the reductions' partial sums, for the tests' boundary cases
+_BLOCKS = {"rows_per_chunk": ROWS_PER_CHUNK, "lanes": LANES}
 
 
 cdef void forward_row(const floating* x, const floating* w, const floating* b, floating eps,
@@ -78,86 +81,47 @@ cdef void backward_rows(const floating* dout, const floating* x, const floating*
             g[c] = (dy[c] * w[c] - mean_g - g[c] * mean_gx) * r
 
 
-cdef void forward_impl(const floating[:, ::1] x, const floating[::1] w, const floating[::1] b,
-                       double eps, floating[:, ::1] out, floating[::1] mean,
-                       floating[::1] rstd, int n_threads) noexcept:
+def layernorm_forward(const floating[:, ::1] x not None, const floating[::1] weight not None,
+                      const floating[::1] bias not None, double eps, floating[:, ::1] out not None,
+                      floating[::1] mean not None, floating[::1] rstd not None, int n_threads):
+    """x (N, C), weight (C,), bias (C,) -> out (N, C), mean (N,), rstd (N,)."""
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], i
-    for i in prange(N, nogil=True, schedule='static', num_threads=n_threads):
-        forward_row(&x[i, 0], &w[0], &b[0], <floating>eps, C, &out[i, 0], &mean[i], &rstd[i])
+    require(weight.shape[0] == C and bias.shape[0] == C and out.shape[0] == N
+            and out.shape[1] == C and mean.shape[0] == N and rstd.shape[0] == N,
+            "x (N, C), weight, bias (C,), out (N, C), mean, rstd (N,)")
+    cdef int nt = thread_count(n_threads)
+    for i in prange(N, nogil=True, schedule='static', num_threads=nt):
+        forward_row(&x[i, 0], &weight[0], &bias[0], <floating>eps, C, &out[i, 0], &mean[i],
+                    &rstd[i])
 
 
-cdef void backward_impl(const floating[:, ::1] dout, const floating[:, ::1] x,
-                        const floating[::1] w, const floating[::1] mean,
-                        const floating[::1] rstd, floating[:, ::1] dx, floating[::1] dw,
-                        floating[::1] db, floating[:, ::1] dw_parts, floating[:, ::1] db_parts,
-                        int n_threads) noexcept:
-    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], n_chunks = dw_parts.shape[0]
-    cdef Py_ssize_t k, c, i0
-    for k in prange(n_chunks, nogil=True, schedule='static', num_threads=n_threads):
+def layernorm_backward(const floating[:, ::1] dout not None, const floating[:, ::1] x not None,
+                       const floating[::1] weight not None, const floating[::1] mean not None,
+                       const floating[::1] rstd not None, floating[:, ::1] dx not None,
+                       floating[::1] dweight not None, floating[::1] dbias not None,
+                       int n_threads):
+    """dout (N, C), then forward's x (N, C), weight (C,), mean (N,), rstd (N,)
+    -> dx (N, C), dweight (C,), dbias (C,)."""
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], k, c, i0
+    require(dout.shape[0] == N and dout.shape[1] == C and weight.shape[0] == C
+            and mean.shape[0] == N and rstd.shape[0] == N and dx.shape[0] == N
+            and dx.shape[1] == C and dweight.shape[0] == C and dbias.shape[0] == C,
+            "dout, x, dx (N, C), weight, dweight, dbias (C,), mean, rstd (N,)")
+    cdef int nt = thread_count(n_threads)
+    cdef Py_ssize_t n_chunks = (N + ROWS_PER_CHUNK - 1) // ROWS_PER_CHUNK
+    dtype = np.float32 if floating is float else np.float64
+    cdef floating[:, ::1] dw_parts, db_parts  # per-chunk partial sums (n_chunks, C)
+    dw_parts, db_parts = np.empty((2, n_chunks, C), dtype)
+    for k in prange(n_chunks, nogil=True, schedule='static', num_threads=nt):
         i0 = k * ROWS_PER_CHUNK
-        backward_rows(&dout[i0, 0], &x[i0, 0], &w[0], &mean[i0], &rstd[i0],
+        backward_rows(&dout[i0, 0], &x[i0, 0], &weight[0], &mean[i0], &rstd[i0],
                       min(<Py_ssize_t>ROWS_PER_CHUNK, N - i0), C, &dx[i0, 0],
                       &dw_parts[k, 0], &db_parts[k, 0])
     with nogil:
         for c in range(C):
-            dw[c] = 0
-            db[c] = 0
+            dweight[c] = 0
+            dbias[c] = 0
         for k in range(n_chunks):  # in chunk order: the same sums for any thread count
             for c in range(C):
-                dw[c] += dw_parts[k, c]
-                db[c] += db_parts[k, c]
-
-
-def layernorm_forward(x, weight, bias, eps, n_threads, out=None):
-    """x (N, C), weight (C,), bias (C,), eps (float) -> out (N, C), mean (N,), rstd (N,),
-    written into ``out`` = (out, mean, rstd) when given."""
-    cdef int nt = thread_count(n_threads)
-    x, weight, bias = float_arrays(("x", "weight", "bias"), (x, weight, bias))
-    check_ndim("x", x, 2, "(N, C)")
-    N, C = x.shape
-    if C == 0:
-        raise ValueError("x must have at least one channel (C >= 1), got shape " + str(x.shape))
-    check_shape("weight", weight, (C,), "(C,)")
-    check_shape("bias", bias, (C,), "(C,)")
-    eps = float(eps)
-    out, mean, rstd = out_arrays(("out", "mean", "rstd"), out, ((N, C), (N,), (N,)), x.dtype)
-    if N == 0:
-        return out, mean, rstd
-    if x.dtype == np.float32:
-        forward_impl[float](x, weight, bias, eps, out, mean, rstd, nt)
-    else:
-        forward_impl[double](x, weight, bias, eps, out, mean, rstd, nt)
-    return out, mean, rstd
-
-
-def layernorm_backward(dout, x, weight, mean, rstd, n_threads, out=None):
-    """dout (N, C), then forward's x (N, C), weight (C,), mean (N,), rstd (N,)
-    -> dx (N, C), dweight (C,), dbias (C,), written into ``out`` = (dx, dweight, dbias) when
-    given."""
-    cdef int nt = thread_count(n_threads)
-    dout, x, weight, mean, rstd = float_arrays(("dout", "x", "weight", "mean", "rstd"),
-                                               (dout, x, weight, mean, rstd))
-    check_ndim("x", x, 2, "(N, C)")
-    N, C = x.shape
-    if C == 0:
-        raise ValueError("x must have at least one channel (C >= 1), got shape " + str(x.shape))
-    check_shape("dout", dout, (N, C), "(N, C)")
-    check_shape("weight", weight, (C,), "(C,)")
-    check_shape("mean", mean, (N,), "(N,)")
-    check_shape("rstd", rstd, (N,), "(N,)")
-    dx, dweight, dbias = out_arrays(("dx", "dweight", "dbias"), out, ((N, C), (C,), (C,)),
-                                    x.dtype)
-    if N == 0:
-        dweight[...] = 0
-        dbias[...] = 0
-        return dx, dweight, dbias
-    n_chunks = (N + ROWS_PER_CHUNK - 1) // ROWS_PER_CHUNK
-    dw_parts = np.empty((n_chunks, C), x.dtype)
-    db_parts = np.empty((n_chunks, C), x.dtype)
-    if x.dtype == np.float32:
-        backward_impl[float](dout, x, weight, mean, rstd, dx, dweight, dbias, dw_parts,
-                             db_parts, nt)
-    else:
-        backward_impl[double](dout, x, weight, mean, rstd, dx, dweight, dbias, dw_parts,
-                              db_parts, nt)
-    return dx, dweight, dbias
+                dweight[c] += dw_parts[k, c]
+                dbias[c] += db_parts[k, c]

@@ -27,8 +27,10 @@
 #endif
 
 enum {
-    TG_LIN_MR_MAX = 12,    /* micro-tile rows, at most (AVX-512; AVX2 has 6) */
+    TG_LIN_MR_MAX = 12,    /* micro-tile rows, at most (AVX-512) */
     TG_LIN_NR_MAX = 32,    /* micro-tile columns, at most (AVX-512: two vectors of 16) */
+    TG_LIN_MR_AVX2 = 6,    /* the AVX2 micro-tile: 6 rows, two vectors of 8 columns */
+    TG_LIN_NR_AVX2 = 16,
     TG_LIN_CHUNK = 128,    /* rows of x and dout per pass over the dweight tiles */
     TG_LIN_SEG_MIN = 128,  /* rows per dweight segment, at least (while N allows 2) */
     TG_LIN_SEG_MAX = 8,    /* dweight segments, at most: partial sums to keep and add */
@@ -297,9 +299,11 @@ typedef struct {
 static tg_lin_isa_t tg_lin_isa_get(int isa) {
     tg_lin_isa_t t;
     if (isa == 2) {
-        t.mr = 12; t.nr = 32; t.v = 16; t.rows = tg_kernel16_rows; t.cols = tg_kernel16_cols;
+        t.mr = TG_LIN_MR_MAX; t.nr = TG_LIN_NR_MAX; t.v = 16;
+        t.rows = tg_kernel16_rows; t.cols = tg_kernel16_cols;
     } else {
-        t.mr = 6; t.nr = 16; t.v = 8; t.rows = tg_kernel8_rows; t.cols = tg_kernel8_cols;
+        t.mr = TG_LIN_MR_AVX2; t.nr = TG_LIN_NR_AVX2; t.v = 8;
+        t.rows = tg_kernel8_rows; t.cols = tg_kernel8_cols;
     }
     return t;
 }

@@ -3,7 +3,7 @@
     forward:  out (N, M) = residual + x (N, K) @ weight (K, M) + bias
     backward: dx = dout @ weight^T, dweight = x^T @ dout, dbias = dout summed over rows
 
-float32 on a CPU with AVX2+FMA or AVX-512 runs an own GEMM (the C below); float64, and float32
+float32 on a CPU with AVX2+FMA or AVX-512 runs an own GEMM (linear.h); float64, and float32
 elsewhere, call BLAS. Either way the blocks of work depend on the shapes alone, never on the
 thread count, and every output entry is summed in one fixed order, so the bits are the same on
 any number of threads (OpenBLAS's own threading would change them with its thread count).
@@ -38,9 +38,11 @@ from scipy.linalg.cython_blas cimport dgemm, sgemm
 from cython cimport floating
 from cython.parallel cimport parallel, prange
 
-from kernel_checks cimport float_arrays, check_ndim, check_shape, out_arrays, thread_count
+from kernel_checks cimport require, thread_count
 
 cdef extern from "linear.h":
+    enum: TG_LIN_MR_MAX, TG_LIN_NR_MAX, TG_LIN_MR_AVX2, TG_LIN_NR_AVX2, TG_LIN_CHUNK
+    enum: TG_LIN_SEG_MIN, TG_LIN_SEG_MAX, TG_LIN_FWD_ROWS
     int tg_lin_cpu_isa() noexcept nogil
     Py_ssize_t tg_lin_backward_scratch(Py_ssize_t N, Py_ssize_t K, Py_ssize_t M,
                                        int n_threads) noexcept nogil
@@ -86,7 +88,15 @@ def _dweight_segments(N):
 
 
 cdef enum:
-    ROW_BLOCK = 256  # BLAS path: rows per forward / dx work item
+    ROW_BLOCK = 256  # BLAS path: rows per forward work item
+
+# The work splits, for the tests' boundary cases: the own GEMM's micro-tiles (rows, columns),
+# its forward rows per work item, dweight chunk rows and segments; the BLAS path's forward rows.
+_BLOCKS = {"tiles": {"avx512": (TG_LIN_MR_MAX, TG_LIN_NR_MAX),
+                     "avx2": (TG_LIN_MR_AVX2, TG_LIN_NR_AVX2)},
+           "forward_rows": TG_LIN_FWD_ROWS, "chunk": TG_LIN_CHUNK,
+           "segment_min_rows": TG_LIN_SEG_MIN, "segments_max": TG_LIN_SEG_MAX,
+           "blas_forward_rows": ROW_BLOCK}
 
 
 cdef inline void gemm(char* transa, char* transb, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
@@ -122,17 +132,15 @@ cdef void forward_block(const floating* x, const floating* w, const floating* bi
     gemm("N", "N", M, rows, K, w, M, x, K, beta, out, M)
 
 
-cdef void forward_impl(const floating[:, ::1] x, const floating[:, ::1] w,
-                       const floating[::1] bias, const floating[:, ::1] residual,
-                       bint has_bias, bint has_residual, floating[:, ::1] out,
-                       int n_threads) noexcept nogil:
-    cdef Py_ssize_t N = x.shape[0], K = x.shape[1], M = w.shape[1]
-    cdef Py_ssize_t n_blocks = (N + ROW_BLOCK - 1) // ROW_BLOCK, blk, r0
-    for blk in prange(n_blocks, schedule='static', num_threads=n_threads):
+cdef void forward_impl(const floating* x, const floating* w, const floating* bias,
+                       const floating* residual, Py_ssize_t N, Py_ssize_t K, Py_ssize_t M,
+                       floating* out, int n_threads) noexcept nogil:
+    """The BLAS path: forward_block on each ROW_BLOCK rows."""
+    cdef Py_ssize_t blk, r0
+    for blk in prange((N + ROW_BLOCK - 1) // ROW_BLOCK, schedule='static', num_threads=n_threads):
         r0 = blk * ROW_BLOCK
-        forward_block(&x[r0, 0], &w[0, 0], &bias[0] if has_bias else NULL,
-                      &residual[r0, 0] if has_residual else NULL,
-                      min(ROW_BLOCK, N - r0), K, M, &out[r0, 0])
+        forward_block(x + r0 * K, w, bias, residual + r0 * M if residual != NULL else NULL,
+                      min(ROW_BLOCK, N - r0), K, M, out + r0 * M)
 
 
 cdef void backward_impl(const floating[:, ::1] dout, const floating[:, ::1] x,
@@ -178,45 +186,35 @@ cdef void backward_impl(const floating[:, ::1] dout, const floating[:, ::1] x,
                         db[j] = db[j] + partial[off + j]
 
 
-def _check_sizes(N, K, M):
-    if N < 1 or K < 1 or M < 1:
-        raise ValueError(f"linear layers need N, K, M >= 1, got N={N}, K={K}, M={M}")
-    if max(N, K, M) >= 2**31:
-        raise ValueError("dimensions must be below 2**31 (BLAS integers)")
+cdef int check_sizes(Py_ssize_t N, Py_ssize_t K, Py_ssize_t M) except -1:
+    """BLAS takes 32-bit sizes, and no empty matrices (a leading dimension of 0)."""
+    return require(0 < N < 2**31 and 0 < K < 2**31 and 0 < M < 2**31, "N, K, M in 1..2**31-1")
 
 
-def linear_forward(x, weight, bias, residual, n_threads, out=None):
+def linear_forward(const floating[:, ::1] x not None, const floating[:, ::1] weight not None,
+                   const floating[::1] bias, const floating[:, ::1] residual,
+                   floating[:, ::1] out not None, int n_threads):
     """x (N, K), weight (K, M), bias (M,) or None, residual (N, M) or None
-    -> out (N, M) = residual + x @ weight + bias, written into ``out`` when given."""
+    -> out (N, M) = residual + x @ weight + bias."""
+    cdef Py_ssize_t N = x.shape[0], K = x.shape[1], M = weight.shape[1]
+    check_sizes(N, K, M)
+    require(weight.shape[0] == K and out.shape[0] == N and out.shape[1] == M
+            and (bias is None or bias.shape[0] == M)
+            and (residual is None or (residual.shape[0] == N and residual.shape[1] == M)),
+            "x (N, K), weight (K, M), bias (M,), residual, out (N, M)")
+    cdef const floating* b = NULL
+    cdef const floating* r = NULL
+    if bias is not None:
+        b = &bias[0]
+    if residual is not None:
+        r = &residual[0, 0]
     cdef int nt = thread_count(n_threads)
-    has_bias, has_residual = bias is not None, residual is not None
-    x, weight = float_arrays(("x", "weight"), (x, weight))
-    check_ndim("x", x, 2, "(N, K)")
-    check_ndim("weight", weight, 2, "(K, M)")
-    N, K, M = x.shape[0], x.shape[1], weight.shape[1]
-    check_shape("weight", weight, (K, M), "(K, M)")
-    _check_sizes(N, K, M)
-    # an absent bias or residual is a one-element stand-in that the kernel never reads
-    bias, residual = float_arrays(
-        ("bias", "residual"),
-        (bias if has_bias else np.zeros(1, x.dtype),
-         residual if has_residual else np.zeros((1, 1), x.dtype)))
-    if bias.dtype != x.dtype:
-        raise TypeError(f"bias has dtype {bias.dtype} but x has dtype {x.dtype}")
-    if has_bias:
-        check_shape("bias", bias, (M,), "(M,)")
-    if has_residual:
-        check_shape("residual", residual, (N, M), "(N, M)")
-    (out,) = out_arrays(("out",), out, ((N, M),), x.dtype)
-    if x.dtype == np.float32 and _isa:
-        _forward_f32(x, weight, bias, residual, has_bias, has_residual, out, nt)
-        return out
+    if floating is float:  # the own GEMM is float32 by nature: the one branch on the dtype
+        if _isa:
+            _forward_f32(x, weight, b, r, out, nt)
+            return
     with one_blas_thread():
-        if x.dtype == np.float32:
-            forward_impl[float](x, weight, bias, residual, has_bias, has_residual, out, nt)
-        else:
-            forward_impl[double](x, weight, bias, residual, has_bias, has_residual, out, nt)
-    return out
+        forward_impl(&x[0, 0], &weight[0, 0], b, r, N, K, M, &out[0, 0], nt)
 
 
 cdef float* _aligned(float[::1] buffer):
@@ -227,16 +225,14 @@ cdef float* _aligned(float[::1] buffer):
     return &buffer[0] + ((64 - address % 64) % 64) // sizeof(float)
 
 
-cdef _forward_f32(const float[:, ::1] x, const float[:, ::1] w, const float[::1] bias,
-                  const float[:, ::1] residual, bint has_bias, bint has_residual,
-                  float[:, ::1] out, int nt):
+cdef _forward_f32(const float[:, ::1] x, const float[:, ::1] w, const float* bias,
+                  const float* residual, float[:, ::1] out, int nt):
     cdef Py_ssize_t N = x.shape[0], K = x.shape[1], M = w.shape[1]
     buffer = np.empty(tg_lin_forward_scratch(K, M) + 16, np.float32)
     cdef float* scratch = _aligned(buffer)
     with nogil:
-        tg_lin_forward_f32(&x[0, 0], &w[0, 0], &bias[0] if has_bias else NULL,
-                           &residual[0, 0] if has_residual else NULL, N, K, M, &out[0, 0],
-                           scratch, _isa, nt)
+        tg_lin_forward_f32(&x[0, 0], &w[0, 0], bias, residual, N, K, M, &out[0, 0], scratch,
+                           _isa, nt)
 
 
 cdef _backward_f32(const float[:, ::1] dout, const float[:, ::1] x, const float[:, ::1] w,
@@ -249,27 +245,24 @@ cdef _backward_f32(const float[:, ::1] dout, const float[:, ::1] x, const float[
                             &db[0], scratch, _isa, nt)
 
 
-def linear_backward(dout, x, weight, n_threads, out=None):
+def linear_backward(const floating[:, ::1] dout not None, const floating[:, ::1] x not None,
+                    const floating[:, ::1] weight not None, floating[:, ::1] dx not None,
+                    floating[:, ::1] dweight not None, floating[::1] dbias not None,
+                    int n_threads):
     """dout (N, M), then forward's x (N, K) and weight (K, M)
-    -> dx (N, K), dweight (K, M), dbias (M,), written into ``out`` = (dx, dweight, dbias) when
-    given."""
+    -> dx (N, K), dweight (K, M), dbias (M,)."""
+    cdef Py_ssize_t N = x.shape[0], K = x.shape[1], M = weight.shape[1]
+    check_sizes(N, K, M)
+    require(weight.shape[0] == K and dout.shape[0] == N and dout.shape[1] == M
+            and dx.shape[0] == N and dx.shape[1] == K and dweight.shape[0] == K
+            and dweight.shape[1] == M and dbias.shape[0] == M,
+            "dout (N, M), x, dx (N, K), weight, dweight (K, M), dbias (M,)")
     cdef int nt = thread_count(n_threads)
-    dout, x, weight = float_arrays(("dout", "x", "weight"), (dout, x, weight))
-    check_ndim("x", x, 2, "(N, K)")
-    check_ndim("weight", weight, 2, "(K, M)")
-    N, K, M = x.shape[0], x.shape[1], weight.shape[1]
-    check_shape("weight", weight, (K, M), "(K, M)")
-    check_shape("dout", dout, (N, M), "(N, M)")
-    _check_sizes(N, K, M)
-    dx, dweight, dbias = out_arrays(("dx", "dweight", "dbias"), out, ((N, K), (K, M), (M,)),
-                                    x.dtype)
-    if x.dtype == np.float32 and _isa:
-        _backward_f32(dout, x, weight, dx, dweight, dbias, nt)
-        return dx, dweight, dbias
-    partial = np.empty(max(1, (tg_lin_segments(N) - 1) * (K * M + M)), x.dtype)
+    if floating is float:  # the own GEMM, as in linear_forward
+        if _isa:
+            _backward_f32(dout, x, weight, dx, dweight, dbias, nt)
+            return
+    cdef floating[::1] partial = np.empty(max(1, (tg_lin_segments(N) - 1) * (K * M + M)),
+                                          np.float32 if floating is float else np.float64)
     with one_blas_thread():
-        if x.dtype == np.float32:
-            backward_impl[float](dout, x, weight, dx, dweight, dbias, partial, nt)
-        else:
-            backward_impl[double](dout, x, weight, dx, dweight, dbias, partial, nt)
-    return dx, dweight, dbias
+        backward_impl(dout, x, weight, dx, dweight, dbias, partial, nt)

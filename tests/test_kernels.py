@@ -1,7 +1,8 @@
 """The compiled kernels (tinygpt._layernorm, _gelu, _attention, _cross_entropy, _linear) against
 tinygpt.reference: parity in float32 and float64 on 1 and 2 threads (with explicit examples at
-every kernel's block boundaries), bitwise determinism across thread counts and reruns, and the
-input checks at the Python boundary."""
+every kernel's block boundaries, read from the modules), bitwise determinism across thread
+counts and reruns, headers that compile without warnings, the input checks in tinygpt.ops, and
+the kernels' own guards when called directly."""
 import shutil
 import subprocess
 import sysconfig
@@ -12,7 +13,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from tinygpt import _attention, _cross_entropy, _gelu, _layernorm, _linear
+from tinygpt import _attention, _cross_entropy, _gelu, _layernorm, _linear, ops
 from tinygpt import reference as ref
 
 DTYPES = [np.float32, np.float64]
@@ -20,32 +21,55 @@ THREADS = [1, 2]
 SETTINGS = settings(max_examples=25)  # derandomized, no database: the profile in conftest.py
 seeds = st.integers(0, 2**32 - 1)
 
-# The kernels' work splits (csrc/): the explicit @example cases sit on each side of them.
-ROW_BLOCK = COL_BLOCK = 256  # linear: rows per forward/dx block, columns per dweight/dbias block
-ROWS_PER_CHUNK = 64          # layernorm backward: rows per work item and per dweight partial sum
-SPAN = 4096                  # gelu: elements per work item
-MR = 6                       # attention: query rows per micro-block of its gemm
-PAD = 16                     # attention: score rows padded to whole 16-column blocks (2 float32
-                             # SIMD vectors; 8 columns per block in float64)
-LANES = 8                    # row reductions (layernorm, softmax): interleaved partial sums
+# The kernels' work splits, read from the modules (csrc/): the explicit @example cases sit on
+# each side of them.
+LINEAR = _linear._BLOCKS
+MR, NR = LINEAR["tiles"]["avx512"]        # the own float32 GEMM's micro-tiles (rows, columns)
+MR_AVX2, NR_AVX2 = LINEAR["tiles"]["avx2"]
+FORWARD_ROWS = LINEAR["forward_rows"]     # own GEMM: rows per forward work item
+CHUNK = LINEAR["chunk"]                   # own GEMM: rows per dweight pass
+SEGMENT = LINEAR["segment_min_rows"]      # dweight: N // SEGMENT row segments (partial sums)...
+SEGMENTS_MAX = LINEAR["segments_max"]     # ...at most this many
+BLAS_ROWS = LINEAR["blas_forward_rows"]   # float64 (BLAS): rows per forward work item
+ROWS_PER_CHUNK = _layernorm._BLOCKS["rows_per_chunk"]  # layernorm backward: rows per work item
+LANES = _layernorm._BLOCKS["lanes"]       # row reductions (layernorm, softmax): partial sums
+assert _cross_entropy._BLOCKS["lanes"] == LANES
+SPAN = _gelu._BLOCKS["span"]              # gelu: elements per work item
+ATTENTION = _attention._BLOCKS
+MR_ATT = ATTENTION["rows"]                # attention: query rows per micro-block of its gemm
+PAD = ATTENTION["pad"]                    # attention: score rows padded to whole column blocks
 
 
-def assert_close(name, actual, expected, dtype, terms, c):
-    """|actual - expected| <= tol * (|expected| + max |expected|), tol = c * eps * sqrt(terms).
+def assert_close(name, actual, expected, dtype, terms, c, scale=None):
+    """|actual - expected| <= tol * (|expected| + s), tol = c * eps * sqrt(terms).
 
     Kernel and reference differ only in the order of their sums (and, for GELU, in how tanh is
     computed). Two orders of a sum of ``terms`` values of size s round differently by about
     eps * sqrt(terms) * s (a random walk), so each output gets the ``terms`` one of its entries
-    sums, and the largest entry of the expected output stands in for s: an entry that cancels
-    to near zero still carries its terms' rounding. ``c`` is chosen per output where it is
-    checked: a few times the largest ratio seen over thousands of random shapes in both dtypes.
+    sums, and s is the largest entry of the expected output unless ``scale`` gives the size of
+    the terms: an entry that cancels to near zero still carries its terms' rounding. ``c`` is
+    chosen per output where it is checked: a few times the largest ratio seen over thousands of
+    random shapes in both dtypes.
     """
     actual, expected = np.asarray(actual), np.asarray(expected)
     if actual.ndim:  # an array of the inputs' dtype (a loss is a Python float)
         assert actual.dtype == dtype and actual.shape == expected.shape, name
     tol = c * np.finfo(dtype).eps * np.sqrt(terms)
-    np.testing.assert_allclose(actual, expected, rtol=tol, atol=tol * np.abs(expected).max(),
-                               err_msg=f"{name} (tolerance {tol:.2g} of the largest entry)")
+    s = np.abs(expected).max() if scale is None else scale
+    np.testing.assert_allclose(actual, expected, rtol=tol, atol=tol * s,
+                               err_msg=f"{name} (tolerance {tol:.2g} of {s:.3g})")
+
+
+def on_kernels(n_threads, op, *args, **kwargs):
+    """tinygpt.ops.<op> on its compiled kernel and n_threads threads (ops checks the input and
+    allocates the outputs; the kernel computes)."""
+    previous = ops.get_num_threads()
+    ops.set_num_threads(n_threads)
+    try:
+        with ops.using_backend("cython"):
+            return getattr(ops, op)(*args, **kwargs)
+    finally:
+        ops.set_num_threads(previous)
 
 
 def normal(rng, shape, dtype, scale=1.0):
@@ -78,14 +102,14 @@ def test_layernorm_parity(dtype, n_threads, seed, n, c, eps):
     n = max(1, n // max(1, c // 100))  # long rows come with fewer of them
     x = normal(rng, (n, c), dtype, 2.0) + dtype(0.5)
     w, b, dout = normal(rng, c, dtype), normal(rng, c, dtype), normal(rng, (n, c), dtype)
-    out, mean, rstd = _layernorm.layernorm_forward(x, w, b, eps, n_threads)
+    out, mean, rstd = on_kernels(n_threads, "layernorm_forward", x, w, b, eps)
     e_out, e_mean, e_rstd = ref.layernorm_forward(x, w, b, eps)
     # mean and variance each sum the c entries of a row, in LANES partial sums (seen: 0.9, 0.6,
     # 0.4 for out, mean, rstd)
     assert_close("out", out, e_out, dtype, terms=c, c=4)
     assert_close("mean", mean, e_mean, dtype, terms=c, c=4)
     assert_close("rstd", rstd, e_rstd, dtype, terms=c, c=4)
-    dx, dweight, dbias = _layernorm.layernorm_backward(dout, x, w, e_mean, e_rstd, n_threads)
+    dx, dweight, dbias = on_kernels(n_threads, "layernorm_backward", dout, x, w, e_mean, e_rstd)
     e_dx, e_dweight, e_dbias = ref.layernorm_backward(dout, x, w, e_mean, e_rstd)
     # dx: two row means over c entries (seen: 0.5)
     assert_close("dx", dx, e_dx, dtype, terms=c, c=4)
@@ -112,13 +136,15 @@ def test_gelu_parity(dtype, n_threads, seed, shape):
     x = np.clip(normal(rng, shape, dtype, 1.5), -4, 4)
     dout = rng.uniform(-1, 1, shape).astype(dtype)
     # elementwise, no sums: out differs only in tanh (the kernel's exp-based one against
-    # NumPy's, whose SIMD version depends on the CPU) (seen: 1.1)
-    assert_close("out", _gelu.gelu_forward(x, n_threads), ref.gelu_forward(x), dtype,
-                 terms=1, c=8)
+    # NumPy's, whose SIMD version depends on the CPU) (seen: 1.1). The reference's 1 + tanh(u)
+    # rounds to eps of 1, so out = 0.5 x (1 + t) carries eps * |x| even where it is tiny (x
+    # near -4 with no larger entry beside it): the scale is max |x|
+    assert_close("out", on_kernels(n_threads, "gelu_forward", x), ref.gelu_forward(x), dtype,
+                 terms=1, c=8, scale=np.abs(x).max())
     # gelu' multiplies several rounded factors, and NumPy's float32 1 - t*t loses bits as
     # |x| nears 4 (seen: 11.9 in float32, 4.6 in float64; test_gelu_float32_accuracy holds the
     # kernel itself to 3e-7 against float64)
-    assert_close("dx", _gelu.gelu_backward(dout, x, n_threads), ref.gelu_backward(dout, x),
+    assert_close("dx", on_kernels(n_threads, "gelu_backward", dout, x), ref.gelu_backward(dout, x),
                  dtype, terms=1, c=32)
 
 
@@ -129,15 +155,15 @@ def test_gelu_float32_accuracy():
     ones = np.ones_like(x)
     # against the exact (float64) values the kernel's own error shows: about 8 ulps of each
     # output (rtol), and 2-3 float32 ulps of 1 where the output is tiny (atol)
-    np.testing.assert_allclose(_gelu.gelu_forward(x, 2), ref.gelu_forward(x64),
+    np.testing.assert_allclose(on_kernels(2, "gelu_forward", x), ref.gelu_forward(x64),
                                rtol=1e-6, atol=2e-7)
-    np.testing.assert_allclose(_gelu.gelu_backward(ones, x, 2), ref.gelu_backward(ones, x64),
+    np.testing.assert_allclose(on_kernels(2, "gelu_backward", ones, x), ref.gelu_backward(ones, x64),
                                rtol=1e-6, atol=3e-7)
     special = np.array([np.inf, -np.inf, np.nan, 0.0, -0.0, 1e30, -1e30], np.float32)
     with np.errstate(all="ignore"):
         for dtype in DTYPES:
             s = special.astype(dtype)
-            np.testing.assert_array_equal(_gelu.gelu_forward(s, 1), ref.gelu_forward(s))
+            np.testing.assert_array_equal(on_kernels(1, "gelu_forward", s), ref.gelu_forward(s))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -148,21 +174,21 @@ def test_gelu_float32_accuracy():
 # t on each side of the 6-row micro-blocks (6k - 1, 6k, 6k + 1) and of the 16-column padding
 # (63, 64, 65); d on each side of a column block (8 float64s, 16 float32s)
 @example(seed=1, b=1, h=1, t=1, d=1)
-@example(seed=2, b=1, h=2, t=MR - 1, d=7)
-@example(seed=3, b=2, h=1, t=MR, d=8)
-@example(seed=4, b=1, h=3, t=MR + 1, d=9)
-@example(seed=5, b=1, h=1, t=2 * MR - 1, d=15)
-@example(seed=6, b=1, h=2, t=2 * MR + 1, d=16)
+@example(seed=2, b=1, h=2, t=MR_ATT - 1, d=7)
+@example(seed=3, b=2, h=1, t=MR_ATT, d=8)
+@example(seed=4, b=1, h=3, t=MR_ATT + 1, d=9)
+@example(seed=5, b=1, h=1, t=2 * MR_ATT - 1, d=15)
+@example(seed=6, b=1, h=2, t=2 * MR_ATT + 1, d=16)
 @example(seed=7, b=2, h=1, t=PAD - 1, d=17)
 @example(seed=8, b=1, h=1, t=PAD + 1, d=32)
 @example(seed=9, b=1, h=2, t=4 * PAD - 1, d=16)
 @example(seed=10, b=2, h=1, t=4 * PAD, d=17)
 @example(seed=11, b=1, h=3, t=4 * PAD + 1, d=8)
-@example(seed=12, b=1, h=1, t=22 * MR + 1, d=40)
+@example(seed=12, b=1, h=1, t=22 * MR_ATT + 1, d=40)
 def test_attention_parity(dtype, n_threads, seed, b, h, t, d):
     rng = np.random.default_rng(seed)
     qkv, dout = normal(rng, (b, t, 3 * h * d), dtype), normal(rng, (b, t, h * d), dtype)
-    out, lse = _attention.attention_forward(qkv, h, n_threads)
+    out, lse = on_kernels(n_threads, "attention_forward", qkv, h)
     e_out, e_lse = ref.attention_forward(qkv, h)
     # a score sums d products, a row's softmax t scores, an output row t probabilities times
     # v: t + d terms, in the kernel's order (with FMA where the CPU has it) (seen: 0.6)
@@ -170,7 +196,7 @@ def test_attention_parity(dtype, n_threads, seed, b, h, t, d):
     # lse = max + log(sum of t exps of d-term scores); small |lse| next to a large one makes
     # the relative error of the largest entry bigger (seen: 3.5)
     assert_close("lse", lse, e_lse, dtype, terms=t + d, c=16)
-    dqkv = _attention.attention_backward(dout, qkv, e_out, e_lse, h, n_threads)
+    dqkv = on_kernels(n_threads, "attention_backward", dout, qkv, e_out, e_lse, h)
     # dq, dk, dv sum over up to t keys or queries, dP over d (seen: 1.2)
     assert_close("dqkv", dqkv, ref.attention_backward(dout, qkv, e_out, e_lse, h), dtype,
                  terms=t + d, c=8)
@@ -180,11 +206,11 @@ def test_attention_is_causal():
     """Changing key/value t never changes the output rows before t."""
     rng = np.random.default_rng(0)
     qkv = normal(rng, (1, 150, 3 * 16), np.float32)  # 2 heads of 8, micro-blocks and column blocks cut mid-way
-    out, _ = _attention.attention_forward(qkv, 2, 2)
+    out, _ = on_kernels(2, "attention_forward", qkv, 2)
     for t in (30, 64, 100):
         changed = qkv.copy()
         changed[:, t:, 16:] += 1  # keys and values from position t on
-        out2, _ = _attention.attention_forward(changed, 2, 2)
+        out2, _ = on_kernels(2, "attention_forward", changed, 2)
         np.testing.assert_array_equal(out[:, :t], out2[:, :t])
         assert not np.array_equal(out[:, t:], out2[:, t:])
 
@@ -206,7 +232,7 @@ def test_cross_entropy_parity(dtype, n_threads, seed, n, v, ignore):
     targets = rng.integers(0, v, n)
     targets[rng.random(n) < ignore] = -1
     targets[rng.integers(n)] = rng.integers(v)  # at least one row counts
-    loss, dlogits = _cross_entropy.softmax_cross_entropy(logits, targets, n_threads)
+    loss, dlogits = on_kernels(n_threads, "softmax_cross_entropy", logits, targets)
     ref_loss, ref_dlogits = ref.softmax_cross_entropy(logits, targets)
     assert isinstance(loss, float)
     # the mean over n rows of a log-sum-exp over v (seen: 0.3)
@@ -221,7 +247,7 @@ def test_cross_entropy_extreme_logits(dtype):
     """Huge spreads and -inf logits: exp underflows to exactly 0 and nothing turns to nan."""
     logits = np.array([[0.0, -1e4, 50.0, -np.inf], [-200.0, -100.0, -150.0, 3.0]], dtype)
     targets = np.array([2, 1])
-    loss, dlogits = _cross_entropy.softmax_cross_entropy(logits, targets, 1)
+    loss, dlogits = on_kernels(1, "softmax_cross_entropy", logits, targets)
     ref_loss, ref_dlogits = ref.softmax_cross_entropy(logits, targets)
     # as in the parity test: 2 rows of 4 logits
     assert_close("loss", loss, ref_loss, dtype, terms=6, c=4)
@@ -234,26 +260,29 @@ def test_cross_entropy_extreme_logits(dtype):
 @SETTINGS
 @given(seed=seeds, n=st.integers(1, 700), k=st.integers(1, 40), m=st.integers(1, 40),
        with_bias=st.booleans(), with_residual=st.booleans())
-# rows on each side of one row block and two; columns on each side of one column block
-@example(seed=1, n=ROW_BLOCK - 1, k=7, m=5, with_bias=True, with_residual=True)
-@example(seed=2, n=ROW_BLOCK, k=16, m=3, with_bias=True, with_residual=False)
-@example(seed=3, n=ROW_BLOCK + 1, k=9, m=33, with_bias=False, with_residual=True)
-@example(seed=4, n=2 * ROW_BLOCK, k=40, m=8, with_bias=True, with_residual=True)
-@example(seed=5, n=2 * ROW_BLOCK + 1, k=3, m=1, with_bias=False, with_residual=False)
-@example(seed=6, n=5, k=12, m=COL_BLOCK - 1, with_bias=True, with_residual=True)
-@example(seed=7, n=3, k=4, m=COL_BLOCK, with_bias=True, with_residual=False)
-@example(seed=8, n=ROW_BLOCK + 3, k=17, m=COL_BLOCK + 1, with_bias=True, with_residual=True)
-@example(seed=9, n=1, k=1, m=2 * COL_BLOCK + 1, with_bias=False, with_residual=True)
+# rows on each side of a forward work item (own GEMM and BLAS), a dweight chunk, one and two
+# segments; k and m on each side of the micro-tiles' rows and columns
+@example(seed=1, n=FORWARD_ROWS - 1, k=MR_AVX2 - 1, m=5, with_bias=True, with_residual=True)
+@example(seed=2, n=FORWARD_ROWS + 1, k=MR_AVX2, m=3, with_bias=True, with_residual=False)
+@example(seed=3, n=CHUNK - 1, k=MR + 1, m=NR + 1, with_bias=False, with_residual=True)
+@example(seed=4, n=CHUNK + 1, k=MR, m=NR_AVX2 - 1, with_bias=True, with_residual=True)
+@example(seed=5, n=2 * SEGMENT - 1, k=3, m=1, with_bias=False, with_residual=False)
+@example(seed=6, n=2 * SEGMENT + 1, k=12, m=NR - 1, with_bias=True, with_residual=True)
+@example(seed=7, n=BLAS_ROWS - 1, k=4, m=NR, with_bias=True, with_residual=False)
+@example(seed=8, n=BLAS_ROWS + 3, k=MR - 1, m=NR_AVX2 + 1, with_bias=True, with_residual=True)
+@example(seed=9, n=1, k=1, m=2 * NR + 1, with_bias=False, with_residual=True)
 @example(seed=10, n=1, k=1, m=1, with_bias=True, with_residual=True)
+@example(seed=11, n=SEGMENTS_MAX * SEGMENT + 1, k=MR_AVX2 + 1, m=NR_AVX2, with_bias=True,
+         with_residual=False)
 def test_linear_parity(dtype, n_threads, seed, n, k, m, with_bias, with_residual):
     rng = np.random.default_rng(seed)
     x, w, dout = normal(rng, (n, k), dtype), normal(rng, (k, m), dtype), normal(rng, (n, m), dtype)
     bias = normal(rng, m, dtype) if with_bias else None
     residual = normal(rng, (n, m), dtype) if with_residual else None
-    out = _linear.linear_forward(x, w, bias, residual, n_threads)
+    out = on_kernels(n_threads, "linear_forward", x, w, bias, residual)
     # out: k products per entry (then + bias + residual), BLAS's order against NumPy's (seen: 0.9)
     assert_close("out", out, ref.linear_forward(x, w, bias, residual), dtype, terms=k + 2, c=4)
-    dx, dweight, dbias = _linear.linear_backward(dout, x, w, n_threads)
+    dx, dweight, dbias = on_kernels(n_threads, "linear_backward", dout, x, w)
     e_dx, e_dweight, e_dbias = ref.linear_backward(dout, x, w)
     # dx = dout @ w^T: m products per entry, whatever the row blocks (seen: 1.0)
     assert_close("dx", dx, e_dx, dtype, terms=m, c=4)
@@ -263,12 +292,17 @@ def test_linear_parity(dtype, n_threads, seed, n, k, m, with_bias, with_residual
     assert_close("dbias", dbias, e_dbias, dtype, terms=n, c=8)
 
 
-# float32 linear layers run an own GEMM (AVX-512: 12-row x 32-column micro-tiles; AVX2: 6 x 16)
-# where the CPU has one, else BLAS; dweight sums 128-row chunks in N // 128 segments (1 to 8).
-# (n, k, m) on each side of those: tiles, chunks, segments, and the head's 65 columns.
-LINEAR_F32_BOUNDARIES = [(5, 11, 15), (6, 12, 16), (7, 13, 17), (11, 5, 31), (12, 24, 32),
-                         (13, 25, 33), (127, 40, 65), (128, 12, 64), (129, 7, 96),
-                         (255, 33, 97), (257, 16, 128), (1025, 12, 65), (1153, 9, 40)]
+# float32 linear layers run an own GEMM (AVX-512: MR x NR micro-tiles; AVX2: MR_AVX2 x NR_AVX2)
+# where the CPU has one, else BLAS; dweight sums CHUNK-row chunks in N // SEGMENT segments (1 to
+# SEGMENTS_MAX). (n, k, m) on each side of those: tiles, forward rows, chunks, segments, and the
+# head's 65 columns.
+LINEAR_F32_BOUNDARIES = [
+    (MR_AVX2 - 1, MR - 1, NR_AVX2 - 1), (MR_AVX2, MR, NR_AVX2), (MR_AVX2 + 1, MR + 1, NR_AVX2 + 1),
+    (MR - 1, MR_AVX2 - 1, NR - 1), (MR, 2 * MR, NR), (MR + 1, 2 * MR + 1, NR + 1),
+    (FORWARD_ROWS - 1, 20, 40), (FORWARD_ROWS + 1, 31, 65),
+    (CHUNK - 1, 40, 65), (CHUNK, MR, 2 * NR), (CHUNK + 1, 7, 3 * NR),
+    (2 * SEGMENT - 1, 33, 97), (2 * SEGMENT + 1, 16, 4 * NR),
+    (SEGMENTS_MAX * SEGMENT + 1, 12, 65), ((SEGMENTS_MAX + 1) * SEGMENT + 1, 9, 40)]
 
 
 def _float32_paths():
@@ -296,8 +330,8 @@ def test_every_float32_linear_path_at_its_block_boundaries(n, k, m):
     try:
         for path in _float32_paths():
             _linear._use_isa(path)
-            got = (_linear.linear_forward(x, w, bias, residual, 2),
-                   *_linear.linear_backward(dout, x, w, 2))
+            got = (on_kernels(2, "linear_forward", x, w, bias, residual),
+                   *on_kernels(2, "linear_backward", dout, x, w))
             # the same per-output tolerances as test_linear_parity, for the same reasons
             for name, a, e, terms, c in zip(("out", "dx", "dweight", "dbias"), got, expected,
                                             (k + 2, m, n, n), (4, 4, 4, 8)):
@@ -347,16 +381,16 @@ def _default_like_calls(dtype):
     lw, lb = normal(rng, (96, 40), dtype), normal(rng, 40, dtype)
     x_rows, dy_rows = normal(rng, (2100, 96), dtype), normal(rng, (2100, 40), dtype)
     return {
-        "linear_forward": lambda n: (_linear.linear_forward(x_rows, lw, lb, dy_rows, n),),
-        "linear_backward": lambda n: _linear.linear_backward(dy_rows, x_rows, lw, n),
-        "layernorm_forward": lambda n: _layernorm.layernorm_forward(x, w, b, 1e-5, n),
-        "layernorm_backward": lambda n: _layernorm.layernorm_backward(dy, x, w, mean, rstd, n),
-        "gelu_forward": lambda n: (_gelu.gelu_forward(g, n),),
-        "gelu_backward": lambda n: (_gelu.gelu_backward(g, g, n),),
-        "attention_forward": lambda n: _attention.attention_forward(qkv, 3, n),
-        "attention_backward": lambda n: (_attention.attention_backward(do, qkv, out, lse, 3, n),),
-        "softmax_cross_entropy": lambda n: _cross_entropy.softmax_cross_entropy(logits, targets,
-                                                                                n),
+        "linear_forward": lambda n: (on_kernels(n, "linear_forward", x_rows, lw, lb, dy_rows),),
+        "linear_backward": lambda n: on_kernels(n, "linear_backward", dy_rows, x_rows, lw),
+        "layernorm_forward": lambda n: on_kernels(n, "layernorm_forward", x, w, b),
+        "layernorm_backward": lambda n: on_kernels(n, "layernorm_backward", dy, x, w, mean, rstd),
+        "gelu_forward": lambda n: (on_kernels(n, "gelu_forward", g),),
+        "gelu_backward": lambda n: (on_kernels(n, "gelu_backward", g, g),),
+        "attention_forward": lambda n: on_kernels(n, "attention_forward", qkv, 3),
+        "attention_backward": lambda n: (on_kernels(n, "attention_backward", do, qkv, out, lse, 3),),
+        "softmax_cross_entropy": lambda n: on_kernels(n, "softmax_cross_entropy", logits,
+                                                           targets),
     }
 
 
@@ -390,87 +424,135 @@ def _arrays(dtype=np.float32):
 
 A = _arrays()
 A64 = _arrays(np.float64)
-LN_F, LN_B = _layernorm.layernorm_forward, _layernorm.layernorm_backward
-ATT_F, ATT_B = _attention.attention_forward, _attention.attention_backward
-XENT = _cross_entropy.softmax_cross_entropy
-LIN_F, LIN_B = _linear.linear_forward, _linear.linear_backward
+LN_F, LN_B = ops.layernorm_forward, ops.layernorm_backward
+ATT_F, ATT_B = ops.attention_forward, ops.attention_backward
+XENT = ops.softmax_cross_entropy
+LIN_F, LIN_B = ops.linear_forward, ops.linear_backward
 qkv, att, lse, x = A["qkv"], A["att"], A["lse"], A["x"]
 LW = normal(np.random.default_rng(4), (10, 4), np.float32)
 
+# Bad input through tinygpt.ops, which checks it once for both backends: the error names it.
 BAD_CALLS = [
-    # wrong dtypes, named in the message
-    (TypeError, "x", lambda: LN_F(x.astype(np.int64), A["w"], A["b"], 1e-5, 1)),
-    (TypeError, "x", lambda: LN_F(x.astype(np.float16), A["w"], A["b"], 1e-5, 1)),
-    (TypeError, "weight", lambda: LN_F(x, A64["w"], A["b"], 1e-5, 1)),
-    (TypeError, "rstd", lambda: LN_B(x, x, A["w"], A["mean"], A64["rstd"], 1)),
-    (TypeError, "x", lambda: _gelu.gelu_forward(np.arange(5), 1)),
-    (TypeError, "dout", lambda: _gelu.gelu_backward(x.astype(np.float64), x, 1)),
-    (TypeError, "qkv", lambda: ATT_F(qkv.astype(np.int32), 2, 1)),
-    (TypeError, "lse", lambda: ATT_B(att, qkv, att, lse.astype(np.float64), 2, 1)),
-    (TypeError, "logits", lambda: XENT(A["logits"].astype(np.complex64), A["targets"], 1)),
-    (TypeError, "targets", lambda: XENT(A["logits"], A["targets"].astype(np.float32), 1)),
-    (TypeError, "targets", lambda: XENT(A["logits"], A["targets"] > 0, 1)),
-    (TypeError, "x", lambda: LN_F(np.array(["a", "b"]), A["w"], A["b"], 1e-5, 1)),
-    # wrong ranks and shapes, named in the message
-    (ValueError, "x", lambda: LN_F(x[0], A["w"], A["b"], 1e-5, 1)),
-    (ValueError, "weight", lambda: LN_F(x, A["w"][:-1], A["b"], 1e-5, 1)),
-    (ValueError, "bias", lambda: LN_F(x, A["w"], A["b"][None], 1e-5, 1)),
-    (ValueError, "dout", lambda: LN_B(x[:-1], x, A["w"], A["mean"], A["rstd"], 1)),
-    (ValueError, "mean", lambda: LN_B(x, x, A["w"], A["mean"][:-1], A["rstd"], 1)),
-    (ValueError, "C >= 1", lambda: LN_F(x[:, :0], A["w"][:0], A["b"][:0], 1e-5, 1)),
-    (ValueError, "dout", lambda: _gelu.gelu_backward(x[:, :3], x, 1)),
-    (ValueError, "qkv", lambda: ATT_F(qkv[0], 2, 1)),
-    (ValueError, "3C", lambda: ATT_F(qkv[..., :-1], 2, 1)),
-    (ValueError, "3C", lambda: ATT_F(qkv[..., :0], 2, 1)),
-    (ValueError, "divisible", lambda: ATT_F(qkv, 4, 1)),
-    (ValueError, "n_heads", lambda: ATT_F(qkv, 0, 1)),
-    (TypeError, "n_heads", lambda: ATT_F(qkv, 2.0, 1)),
-    (ValueError, "dout", lambda: ATT_B(att[:, :4], qkv, att, lse, 2, 1)),
-    (ValueError, "att", lambda: ATT_B(att, qkv, att[:1], lse, 2, 1)),
-    (ValueError, "lse", lambda: ATT_B(att, qkv, att, lse[..., :4], 2, 1)),
-    (ValueError, "logits", lambda: XENT(A["logits"][0], A["targets"], 1)),
-    (ValueError, "targets", lambda: XENT(A["logits"], A["targets"][:-1], 1)),
-    # out-of-range targets: the message gives the index and the value
-    (ValueError, r"targets\[2\] = 7", lambda: XENT(A["logits"], A["targets"] + (np.arange(6) == 2), 1)),
-    (ValueError, r"targets\[3\] = -2", lambda: XENT(A["logits"], A["targets"] - (np.arange(6) == 3), 1)),
-    (ValueError, "ignored", lambda: XENT(A["logits"], np.full(6, -1), 1)),
-    (TypeError, "weight", lambda: LIN_F(x, LW.astype(np.float64), None, None, 1)),
-    (TypeError, "residual", lambda: LIN_F(x, LW, None, np.zeros((6, 4), np.float64), 1)),
-    (ValueError, "weight", lambda: LIN_F(x, LW[:-1], None, None, 1)),
-    (ValueError, "bias", lambda: LIN_F(x, LW, np.zeros(5, np.float32), None, 1)),
-    (ValueError, "residual", lambda: LIN_F(x, LW, None, np.zeros((5, 4), np.float32), 1)),
-    (ValueError, "dout", lambda: LIN_B(np.zeros((6, 5), np.float32), x, LW, 1)),
-    (ValueError, "N, K, M >= 1", lambda: LIN_F(x[:0], LW, None, None, 1)),
+    # wrong dtypes
+    (TypeError, "x", lambda: LN_F(x.astype(np.int64), A["w"], A["b"])),
+    (TypeError, "x", lambda: LN_F(x.astype(np.float16), A["w"], A["b"])),
+    (TypeError, "weight", lambda: LN_F(x, A64["w"], A["b"])),
+    (TypeError, "rstd", lambda: LN_B(x, x, A["w"], A["mean"], A64["rstd"])),
+    (TypeError, "x", lambda: ops.gelu_forward(np.arange(5))),
+    (TypeError, "dout", lambda: ops.gelu_backward(x.astype(np.float64), x)),
+    (TypeError, "qkv", lambda: ATT_F(qkv.astype(np.int32), 2)),
+    (TypeError, "lse", lambda: ATT_B(att, qkv, att, lse.astype(np.float64), 2)),
+    (TypeError, "logits", lambda: XENT(A["logits"].astype(np.complex64), A["targets"])),
+    (TypeError, "targets", lambda: XENT(A["logits"], A["targets"].astype(np.float32))),
+    (TypeError, "targets", lambda: XENT(A["logits"], A["targets"] > 0)),
+    (TypeError, "x", lambda: LN_F(np.array(["a", "b"]), A["w"], A["b"])),
+    (TypeError, "weight", lambda: LIN_F(x, LW.astype(np.float64))),
+    (TypeError, "residual", lambda: LIN_F(x, LW, None, np.zeros((6, 4), np.float64))),
+    # wrong ranks and shapes
+    (ValueError, "x", lambda: LN_F(x[0], A["w"], A["b"])),
+    (ValueError, "weight", lambda: LN_F(x, A["w"][:-1], A["b"])),
+    (ValueError, "bias", lambda: LN_F(x, A["w"], A["b"][None])),
+    (ValueError, "dout", lambda: LN_B(x[:-1], x, A["w"], A["mean"], A["rstd"])),
+    (ValueError, "mean", lambda: LN_B(x, x, A["w"], A["mean"][:-1], A["rstd"])),
+    (ValueError, "C >= 1", lambda: LN_F(x[:, :0], A["w"][:0], A["b"][:0])),
+    (ValueError, "dout", lambda: ops.gelu_backward(x[:, :3], x)),
+    (ValueError, "qkv", lambda: ATT_F(qkv[0], 2)),
+    (ValueError, "3C", lambda: ATT_F(qkv[..., :-1], 2)),
+    (ValueError, "3C", lambda: ATT_F(qkv[..., :0], 2)),
+    (ValueError, "divisible", lambda: ATT_F(qkv, 4)),
+    (ValueError, "n_heads", lambda: ATT_F(qkv, 0)),
+    (ValueError, "n_heads", lambda: ATT_F(qkv, 2.0)),
+    (ValueError, "dout", lambda: ATT_B(att[:, :4], qkv, att, lse, 2)),
+    (ValueError, "att", lambda: ATT_B(att, qkv, att[:1], lse, 2)),
+    (ValueError, "lse", lambda: ATT_B(att, qkv, att, lse[..., :4], 2)),
+    (ValueError, "logits", lambda: XENT(A["logits"][0], A["targets"])),
+    (ValueError, "targets", lambda: XENT(A["logits"], A["targets"][:-1])),
+    (ValueError, "weight", lambda: LIN_F(x, LW[:-1])),
+    (ValueError, "bias", lambda: LIN_F(x, LW, np.zeros(5, np.float32))),
+    (ValueError, "residual", lambda: LIN_F(x, LW, None, np.zeros((5, 4), np.float32))),
+    (ValueError, "dout", lambda: LIN_B(np.zeros((6, 5), np.float32), x, LW)),
+    (ValueError, "must not be empty", lambda: LIN_F(x[:0], LW)),
+    # out-of-range targets: the message gives the value and the index
+    (ValueError, "target 7 at index 2", lambda: XENT(A["logits"], A["targets"] + (np.arange(6) == 2))),
+    (ValueError, "target -2 at index 3", lambda: XENT(A["logits"], A["targets"] - (np.arange(6) == 3))),
+    (ValueError, "ignored", lambda: XENT(A["logits"], np.full(6, -1))),
     # out arrays the kernel would write past, in the wrong type, or could not write at all
-    (ValueError, "out must have shape", lambda: _gelu.gelu_forward(x, 1, out=x[:-1].copy())),
-    (TypeError, "dtype", lambda: _gelu.gelu_forward(x, 1, out=x.astype(np.float64))),
-    (ValueError, "C-contiguous", lambda: _gelu.gelu_forward(x, 1, out=np.empty(x.shape[::-1], x.dtype).T)),
-    (ValueError, "writeable", lambda: _gelu.gelu_forward(x, 1, out=np.broadcast_to(x[:1], x.shape))),
-    (TypeError, "numpy array", lambda: _gelu.gelu_forward(x, 1, out=x.tolist())),
-    (ValueError, "3 arrays", lambda: LN_F(x, A["w"], A["b"], 1e-5, 1, out=(x.copy(),))),
-    (ValueError, "lse must have shape", lambda: ATT_F(qkv, 2, 1, out=(att.copy(), lse[..., :-1].copy()))),
-    (ValueError, "dqkv must have shape", lambda: ATT_B(att, qkv, att, lse, 2, 1, out=att.copy())),
-    (ValueError, "dweight must have shape", lambda: LIN_B(x @ LW, x, LW, 1, out=(x.copy(), LW.T.copy(), LW[0].copy()))),
-    (ValueError, "dlogits must have shape", lambda: XENT(A["logits"], A["targets"], 1, out=A["logits"][1:].copy())),
-    # thread counts
-    (ValueError, "n_threads", lambda: _gelu.gelu_forward(x, 0)),
-    (ValueError, "n_threads", lambda: LN_F(x, A["w"], A["b"], 1e-5, -3)),
-    (TypeError, "n_threads", lambda: ATT_F(qkv, 2, 1.5)),
-    (TypeError, "n_threads", lambda: XENT(A["logits"], A["targets"], None)),
+    (ValueError, "out must have shape", lambda: ops.gelu_forward(x, out=x[:-1].copy())),
+    (TypeError, "dtype", lambda: ops.gelu_forward(x, out=x.astype(np.float64))),
+    (ValueError, "C-contiguous", lambda: ops.gelu_forward(x, out=np.empty(x.shape[::-1], x.dtype).T)),
+    (ValueError, "writeable", lambda: ops.gelu_forward(x, out=np.broadcast_to(x[:1], x.shape))),
+    (TypeError, "numpy array", lambda: ops.gelu_forward(x, out=x.tolist())),
+    (ValueError, "3 arrays", lambda: LN_F(x, A["w"], A["b"], out=(x.copy(),))),
+    (ValueError, "lse must have shape", lambda: ATT_F(qkv, 2, out=(att.copy(), lse[..., :-1].copy()))),
+    (ValueError, "out must have shape", lambda: ATT_B(att, qkv, att, lse, 2, out=att.copy())),
+    (ValueError, "dweight must have shape", lambda: LIN_B(x @ LW, x, LW, out=(x.copy(), LW.T.copy(), LW[0].copy()))),
+    (ValueError, "out must have shape", lambda: XENT(A["logits"], A["targets"], out=A["logits"][1:].copy())),
+    # a target beyond int64 is out of range, not wrapped round to -1 (ignored)
+    (ValueError, "index 4", lambda: XENT(A["logits"], np.where(np.arange(6) == 4, np.uint64(2**64 - 1),
+                                                             A["targets"].clip(0).astype(np.uint64)))),
 ]
 
 
 @pytest.mark.parametrize("error, match, call", BAD_CALLS)
-def test_malformed_input_raises(error, match, call):
+def test_malformed_input_raises(backend, error, match, call):
     with pytest.raises(error, match=match):
         call()
 
 
-def test_uint64_targets_beyond_int64_are_out_of_range():
-    targets = A["targets"].clip(0).astype(np.uint64)
-    targets[4] = np.uint64(2**64 - 1)  # would wrap to -1 (ignored) if cast to int64 first
-    with pytest.raises(ValueError, match=r"targets\[4\]"):
-        XENT(A["logits"], targets, 1)
+def _direct_calls():
+    """Direct calls of the kernel modules, bypassing ops, with arguments that disagree: each
+    would read or write past an array if the kernel trusted it."""
+    f32, f64 = np.float32, np.float64
+    z = np.zeros
+
+    def lin_bwd(dout, x_, w, dx, dw, db):
+        return lambda: _linear.linear_backward(dout, x_, w, dx, dw, db, 1)
+
+    return [
+        lambda: _gelu.gelu_forward(z(5, f32), z(4, f32), 1),
+        lambda: _gelu.gelu_forward(z(5, f32), z(5, f64), 1),           # dtypes differ
+        lambda: _gelu.gelu_forward(z((5, 2), f32)[:, 0], z(5, f32), 1),  # strided
+        lambda: _gelu.gelu_forward(None, z(5, f32), 1),
+        lambda: _gelu.gelu_backward(z(5, f32), z(6, f32), z(6, f32), 1),
+        lambda: _layernorm.layernorm_forward(z((4, 3), f32), z(2, f32), z(3, f32), 1e-5,
+                                             z((4, 3), f32), z(4, f32), z(4, f32), 1),
+        lambda: _layernorm.layernorm_forward(z((4, 3), f32), z(3, f32), z(3, f32), 1e-5,
+                                             z((4, 3), f32), z(3, f32), z(4, f32), 1),
+        lambda: _layernorm.layernorm_backward(z((5, 3), f32), z((4, 3), f32), z(3, f32),
+                                              z(4, f32), z(4, f32), z((4, 3), f32), z(3, f32),
+                                              z(3, f32), 1),
+        lambda: _attention.attention_forward(z((1, 4, 12), f32), 3, z((1, 4, 4), f32),
+                                             z((1, 3, 4), f32), 1),  # C = 4 not divisible by 3
+        lambda: _attention.attention_forward(z((1, 4, 12), f32), 2, z((1, 5, 4), f32),
+                                             z((1, 2, 4), f32), 1),
+        lambda: _attention.attention_forward(z((1, 4, 12), f32), 2, z((1, 4, 4), f32),
+                                             z((1, 2, 3), f32), 1),
+        lambda: _attention.attention_backward(z((1, 4, 4), f32), z((1, 4, 12), f32),
+                                              z((1, 4, 4), f32), z((1, 2, 4), f32), 2,
+                                              z((1, 4, 8), f32), 1),
+        lambda: _cross_entropy.softmax_cross_entropy(z((3, 4), f32), np.array([0, 4, 1]),
+                                                     z((3, 4), f32), 1),  # target 4 >= V
+        lambda: _cross_entropy.softmax_cross_entropy(z((3, 4), f32), np.array([0, 1]),
+                                                     z((3, 4), f32), 1),
+        lambda: _linear.linear_forward(z((4, 3), f32), z((2, 5), f32), None, None,
+                                       z((4, 5), f32), 1),
+        lambda: _linear.linear_forward(z((4, 3), f64), z((3, 5), f64), z(4, f64), None,
+                                       z((4, 5), f64), 1),
+        lambda: _linear.linear_forward(z((4, 3), f32), z((3, 5), f32), None, z((3, 5), f32),
+                                       z((4, 5), f32), 1),
+        lambda: _linear.linear_forward(z((0, 3), f32), z((3, 5), f32), None, None,
+                                       z((0, 5), f32), 1),
+        lin_bwd(z((4, 5), f32), z((4, 3), f32), z((3, 5), f32), z((4, 3), f32), z((3, 4), f32),
+                z(5, f32)),
+        lin_bwd(z((4, 5), f64), z((4, 3), f64), z((3, 5), f64), z((4, 3), f64), z((3, 5), f64),
+                z(4, f64)),
+    ]
+
+
+@pytest.mark.parametrize("call", _direct_calls())
+def test_direct_kernel_calls_with_inconsistent_arguments_raise(call):
+    with pytest.raises((ValueError, TypeError)):
+        call()
 
 
 def test_non_contiguous_and_read_only_inputs_match_contiguous():
@@ -483,23 +565,26 @@ def test_non_contiguous_and_read_only_inputs_match_contiguous():
     w = np.broadcast_to(np.float32(1.5), (10,))  # read-only, stride 0
     b = A["b"].copy()
     b.flags.writeable = False
-    got, want = LN_F(x_nc, w, b, 1e-5, 2), LN_F(x_c, np.ascontiguousarray(w), b, 1e-5, 2)
+    got = on_kernels(2, "layernorm_forward", x_nc, w, b)
+    want = on_kernels(2, "layernorm_forward", x_c, np.ascontiguousarray(w), b)
     for name, g, c, e in zip(("out", "mean", "rstd"), got, want, ref.layernorm_forward(x_c, w, b)):
         assert np.array_equal(g, c), name
         assert_close(name, g, e, np.float32, terms=10, c=4)  # as in test_layernorm_parity
-    assert np.array_equal(_gelu.gelu_forward(big.T, 2), _gelu.gelu_forward(big.T.copy(), 2))
-    assert_close("gelu", _gelu.gelu_forward(big.T, 2), ref.gelu_forward(big.T.copy()),
-                 np.float32, terms=1, c=8)  # as in test_gelu_parity
+    gelu_t = on_kernels(2, "gelu_forward", big.T)
+    assert np.array_equal(gelu_t, on_kernels(2, "gelu_forward", big.T.copy()))
+    assert_close("gelu", gelu_t, ref.gelu_forward(big.T.copy()), np.float32, terms=1,
+                 c=8)  # as in test_gelu_parity
     qt = normal(rng, (2, 12, 5), np.float32).swapaxes(1, 2)  # (2, 5, 12), not contiguous
-    got, want = ATT_F(qt, 2, 2), ATT_F(qt.copy(), 2, 2)
+    got, want = on_kernels(2, "attention_forward", qt, 2), on_kernels(2, "attention_forward",
+                                                                      qt.copy(), 2)
     for name, g, c, e, tol in zip(("out", "lse"), got, want, ref.attention_forward(qt.copy(), 2),
                                   (4, 16)):
         assert np.array_equal(g, c), name
         assert_close(name, g, e, np.float32, terms=5 + 2, c=tol)  # as in test_attention_parity
     logits_nc = normal(rng, (7, 6), np.float32).T  # (6, 7)
     targets_nc = np.array([0, 9, 1, 9, 6, 9, 2, 9, -1, 9, 3, 9])[::2]
-    got = XENT(logits_nc, targets_nc.astype(np.int32), 2)
-    want = XENT(logits_nc.copy(), targets_nc.copy(), 2)
+    got = on_kernels(2, "softmax_cross_entropy", logits_nc, targets_nc.astype(np.int32))
+    want = on_kernels(2, "softmax_cross_entropy", logits_nc.copy(), targets_nc.copy())
     assert got[0] == want[0] and np.array_equal(got[1], want[1])
     e_loss, e_dlogits = ref.softmax_cross_entropy(logits_nc.copy(), targets_nc.copy())
     assert_close("loss", got[0], e_loss, np.float32, terms=6 + 7, c=4)
@@ -508,25 +593,24 @@ def test_non_contiguous_and_read_only_inputs_match_contiguous():
 
 def test_size_zero_inputs():
     empty = np.zeros((0, 10), np.float32)
-    out, mean, rstd = LN_F(empty, A["w"], A["b"], 1e-5, 2)
+    out, mean, rstd = on_kernels(2, "layernorm_forward", empty, A["w"], A["b"])
     assert out.shape == (0, 10) and mean.shape == (0,) and rstd.shape == (0,)
-    dx, dw, db = LN_B(empty, empty, A["w"], mean, rstd, 2)
+    dx, dw, db = on_kernels(2, "layernorm_backward", empty, empty, A["w"], mean, rstd)
     assert dx.shape == (0, 10) and np.array_equal(dw, np.zeros(10, np.float32))
     assert np.array_equal(db, dw)
-    assert _gelu.gelu_forward(np.zeros((3, 0)), 2).shape == (3, 0)
+    assert on_kernels(2, "gelu_forward", np.zeros((3, 0))).shape == (3, 0)
     for B, T in [(0, 5), (2, 0)]:
         qz = np.zeros((B, T, 12), np.float32)
-        out, lse = ATT_F(qz, 2, 2)
+        out, lse = on_kernels(2, "attention_forward", qz, 2)
         assert out.shape == (B, T, 4) and lse.shape == (B, 2, T)
-        assert ATT_B(out, qz, out, lse, 2, 2).shape == (B, T, 12)
+        assert on_kernels(2, "attention_backward", out, qz, out, lse, 2).shape == (B, T, 12)
     with pytest.raises(ValueError):
-        XENT(np.zeros((0, 7), np.float32), np.zeros(0, np.int64), 1)
+        on_kernels(1, "softmax_cross_entropy", np.zeros((0, 7), np.float32), np.zeros(0, np.int64))
 
 
 def test_outputs_are_new_arrays_of_the_input_dtype():
     x64 = A64["x"]
-    out = _gelu.gelu_forward(x64, 1)
+    out = on_kernels(1, "gelu_forward", x64)
     assert out.dtype == np.float64 and not np.shares_memory(out, x64)
-    loss, dlogits = XENT(A64["logits"], A64["targets"], 1)
+    loss, dlogits = on_kernels(1, "softmax_cross_entropy", A64["logits"], A64["targets"])
     assert isinstance(loss, float) and dlogits.dtype == np.float64
-    assert _gelu.gelu_forward([0.5, 1.0], 1).dtype == np.float64  # lists become float64

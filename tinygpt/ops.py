@@ -154,10 +154,16 @@ set_backend(os.environ.get("TINYGPT_BACKEND", "auto"))
 _state["threads"] = _default_threads()
 
 
-def _run(op, *args, out=None):
-    """The op on the current backend; its array results go into ``out`` when given."""
+def _run(op, args, out, shapes):
+    """The op on the current backend, args checked by the caller. Its array results go into
+    ``out`` when given (checked by _expect_out), else into new arrays: of the given shapes and
+    the first argument's dtype for a kernel, which writes into the arrays it is handed."""
     if _state["backend"] != "numpy" and op in _kernels:
-        return _kernels[op](*args, _state["threads"], out=out)
+        outs = tuple(np.empty(shape, args[0].dtype) for shape in shapes) if out is None else \
+            out if isinstance(out, tuple) else (out,)
+        loss = _kernels[op](*args, *outs, _state["threads"])
+        arrays = outs if len(outs) > 1 else outs[0]
+        return (loss, arrays) if op == "softmax_cross_entropy" else arrays
     result = getattr(reference, op)(*args)
     if out is None:
         return result
@@ -176,17 +182,18 @@ def _run(op, *args, out=None):
 
 def _float_arrays(**arrays):
     """Check that every array is float32/float64 with one shared dtype; return them C-contiguous."""
-    dtype = None
+    first = None
     out = []
     for name, a in arrays.items():
         if not isinstance(a, np.ndarray):
             raise TypeError(f"{name} must be a numpy array, got {type(a).__name__}")
         if a.dtype not in (np.float32, np.float64):
             raise TypeError(f"{name} must be float32 or float64, got {a.dtype}")
-        if dtype is None:
-            dtype = a.dtype
-        elif a.dtype != dtype:
-            raise TypeError(f"{name} has dtype {a.dtype} but the other inputs are {dtype}")
+        if first is None:
+            first = name, a.dtype
+        elif a.dtype != first[1]:
+            raise TypeError(f"{name} has dtype {a.dtype} but {first[0]} has dtype {first[1]}; "
+                            f"all inputs must share one dtype")
         out.append(np.ascontiguousarray(a))
     return out
 
@@ -225,6 +232,21 @@ def _expect_ndim(name, a, ndim):
         raise ValueError(f"{name} must be {ndim}-D, got shape {a.shape}")
 
 
+def _expect_rows(x):
+    """x (N, C) with C >= 1: rows to normalize."""
+    _expect_ndim("x", x, 2)
+    if x.shape[1] == 0:
+        raise ValueError(f"x must have at least one channel (C >= 1), got shape {x.shape}")
+
+
+def _elementwise(op, args, out):
+    """An elementwise op on arrays of one shape: the kernels see them flat (views of the
+    C-contiguous arrays), and the result has the arrays' shape."""
+    flat = _run(op, tuple(a.reshape(-1) for a in args), None if out is None else out.reshape(-1),
+                [(args[0].size,)])
+    return flat.reshape(args[0].shape) if out is None else out
+
+
 def _expect_matmul(x, weight):
     """x (N, K) and weight (K, M), both non-empty."""
     _expect_ndim("x", x, 2)
@@ -249,10 +271,10 @@ def linear_forward(x, weight, bias=None, residual=None, *, out=None):
         _expect_shape("bias", optional["bias"], weight.shape[1:])
     if "residual" in optional:
         _expect_shape("residual", optional["residual"], (x.shape[0], weight.shape[1]))
-    _expect_out(out, [("out", (x.shape[0], weight.shape[1]))], x.dtype,
-                (x, weight, *optional.values()))
-    return _run("linear_forward", x, weight, optional.get("bias"), optional.get("residual"),
-                out=out)
+    shape = (x.shape[0], weight.shape[1])
+    _expect_out(out, [("out", shape)], x.dtype, (x, weight, *optional.values()))
+    return _run("linear_forward", (x, weight, optional.get("bias"), optional.get("residual")),
+                out, [shape])
 
 
 def linear_backward(dout, x, weight, *, out=None):
@@ -261,43 +283,43 @@ def linear_backward(dout, x, weight, *, out=None):
     _expect_matmul(x, weight)
     (N, K), M = x.shape, weight.shape[1]
     _expect_shape("dout", dout, (N, M))
-    _expect_out(out, [("dx", (N, K)), ("dweight", (K, M)), ("dbias", (M,))], x.dtype,
-                (dout, x, weight))
-    return _run("linear_backward", dout, x, weight, out=out)
+    shapes = [(N, K), (K, M), (M,)]
+    _expect_out(out, list(zip(("dx", "dweight", "dbias"), shapes)), x.dtype, (dout, x, weight))
+    return _run("linear_backward", (dout, x, weight), out, shapes)
 
 
 def layernorm_forward(x, weight, bias, eps=1e-5, *, out=None):
     """x (N, C), weight (C,), bias (C,) -> out (N, C), mean (N,), rstd (N,)."""
     x, weight, bias = _float_arrays(x=x, weight=weight, bias=bias)
-    _expect_ndim("x", x, 2)
+    _expect_rows(x)
     _expect_shape("weight", weight, x.shape[1:])
     _expect_shape("bias", bias, x.shape[1:])
     if not eps > 0:
         raise ValueError(f"eps must be > 0, got {eps}")
-    N = x.shape[0]
-    _expect_out(out, [("out", x.shape), ("mean", (N,)), ("rstd", (N,))], x.dtype,
-                (x, weight, bias))
-    return _run("layernorm_forward", x, weight, bias, float(eps), out=out)
+    shapes = [x.shape, x.shape[:1], x.shape[:1]]
+    _expect_out(out, list(zip(("out", "mean", "rstd"), shapes)), x.dtype, (x, weight, bias))
+    return _run("layernorm_forward", (x, weight, bias, float(eps)), out, shapes)
 
 
 def layernorm_backward(dout, x, weight, mean, rstd, *, out=None):
     """dout (N, C), then forward's x, weight, mean, rstd -> dx (N, C), dweight (C,), dbias (C,)."""
     dout, x, weight, mean, rstd = _float_arrays(dout=dout, x=x, weight=weight, mean=mean, rstd=rstd)
-    _expect_ndim("x", x, 2)
+    _expect_rows(x)
     _expect_shape("dout", dout, x.shape)
     _expect_shape("weight", weight, x.shape[1:])
     _expect_shape("mean", mean, x.shape[:1])
     _expect_shape("rstd", rstd, x.shape[:1])
-    _expect_out(out, [("dx", x.shape), ("dweight", weight.shape), ("dbias", weight.shape)],
-                x.dtype, (dout, x, weight, mean, rstd))
-    return _run("layernorm_backward", dout, x, weight, mean, rstd, out=out)
+    shapes = [x.shape, weight.shape, weight.shape]
+    _expect_out(out, list(zip(("dx", "dweight", "dbias"), shapes)), x.dtype,
+                (dout, x, weight, mean, rstd))
+    return _run("layernorm_backward", (dout, x, weight, mean, rstd), out, shapes)
 
 
 def gelu_forward(x, *, out=None):
     """tanh-approximate GELU, elementwise: x (any shape) -> out (same shape)."""
     (x,) = _float_arrays(x=x)
     _expect_out(out, [("out", x.shape)], x.dtype, (x,))
-    return _run("gelu_forward", x, out=out)
+    return _elementwise("gelu_forward", (x,), out)
 
 
 def gelu_backward(dout, x, *, out=None):
@@ -305,7 +327,7 @@ def gelu_backward(dout, x, *, out=None):
     dout, x = _float_arrays(dout=dout, x=x)
     _expect_shape("dout", dout, x.shape)
     _expect_out(out, [("dx", x.shape)], x.dtype, (dout, x))
-    return _run("gelu_backward", dout, x, out=out)
+    return _elementwise("gelu_backward", (dout, x), out)
 
 
 def _expect_qkv(qkv, n_heads):
@@ -324,8 +346,9 @@ def attention_forward(qkv, n_heads, *, out=None):
     """Causal self-attention. qkv (B, T, 3C) = [q | k | v] -> out (B, T, C), lse (B, H, T)."""
     (qkv,) = _float_arrays(qkv=qkv)
     B, T, C = _expect_qkv(qkv, n_heads)
-    _expect_out(out, [("out", (B, T, C)), ("lse", (B, n_heads, T))], qkv.dtype, (qkv,))
-    return _run("attention_forward", qkv, int(n_heads), out=out)
+    shapes = [(B, T, C), (B, n_heads, T)]
+    _expect_out(out, list(zip(("out", "lse"), shapes)), qkv.dtype, (qkv,))
+    return _run("attention_forward", (qkv, int(n_heads)), out, shapes)
 
 
 def attention_backward(dout, qkv, att, lse, n_heads, *, out=None):
@@ -337,7 +360,7 @@ def attention_backward(dout, qkv, att, lse, n_heads, *, out=None):
     _expect_shape("att", att, (B, T, C))
     _expect_shape("lse", lse, (B, n_heads, T))
     _expect_out(out, [("dqkv", qkv.shape)], qkv.dtype, (dout, qkv, att, lse))
-    return _run("attention_backward", dout, qkv, att, lse, int(n_heads), out=out)
+    return _run("attention_backward", (dout, qkv, att, lse, int(n_heads)), out, [qkv.shape])
 
 
 def softmax_cross_entropy(logits, targets, *, out=None):
@@ -349,12 +372,13 @@ def softmax_cross_entropy(logits, targets, *, out=None):
     if not np.issubdtype(targets.dtype, np.integer):
         raise TypeError(f"targets must be integers, got dtype {targets.dtype}")
     _expect_shape("targets", targets, logits.shape[:1])
-    targets = np.ascontiguousarray(targets, dtype=np.int64)
+    # in the targets' own dtype: a uint64 beyond int64 would wrap to -1 (ignored) once cast
     bad = np.flatnonzero((targets < -1) | (targets >= logits.shape[1]))
     if bad.size:
         i = int(bad[0])
         raise ValueError(f"target {targets[i]} at index {i} is outside [-1, {logits.shape[1]})")
+    targets = np.ascontiguousarray(targets, dtype=np.int64)
     if not (targets >= 0).any():
         raise ValueError("every target is -1 (ignored): the mean loss is undefined")
     _expect_out(out, [("dlogits", logits.shape)], logits.dtype, (logits,))
-    return _run("softmax_cross_entropy", logits, targets, out=out)
+    return _run("softmax_cross_entropy", (logits, targets), out, [logits.shape])
