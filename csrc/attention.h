@@ -1,57 +1,137 @@
-/* The small GEMM of csrc/attention.pyx. Compiles alone with -Wall -Wextra. */
+/* Causal attention heads for csrc/attention.pyx: attention_impl.h instantiated for float and
+   double at three vector widths, and entry points compiled for AVX-512, AVX2+FMA and baseline
+   x86-64 (SSE2), each with the tile its registers hold (rows x vectors: 12 x 2 of 32 zmm,
+   6 x 2 of 16 ymm, 6 x 2 of 16 xmm). The ISA is chosen at run time (tg_att_cpu_isa and the
+   isa argument), so the build needs no -march flag. Compiles alone with -Wall -Wextra. */
 #ifndef TINYGPT_ATTENTION_H
 #define TINYGPT_ATTENTION_H
 
+#include <math.h>
 #include <stddef.h>
-#include <string.h>
 
 #include "kernel_math.h"
 
-/* c (m, n) = a (m, k) @ b (k, n). a[i, p] is a[i * ars + p * acs]; b's rows are ldb apart and
-   c's ldc apart, both contiguous. MR rows of c at a time, in NR-column blocks of 2 SIMD vectors
-   (GCC vector extensions); rows past m read row m - 1 again and are not stored, columns past the
-   last whole block are summed one at a time. Each c[i, j] is summed over p in order, so results
-   do not depend on how rows are shared out. */
-#define TG_MR 6
-#define TG_DEFINE_GEMM(NAME, TYPE)                                                            \
-typedef TYPE NAME##_vec __attribute__((vector_size(32)));                                    \
-TG_DISPATCH                                                                                   \
-static inline void NAME(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const TYPE* a, ptrdiff_t ars,  \
-                        ptrdiff_t acs, const TYPE* b, ptrdiff_t ldb, TYPE* c, ptrdiff_t ldc) { \
-    enum { W = 32 / sizeof(TYPE), NR = 2 * W };                                               \
-    for (ptrdiff_t i0 = 0; i0 < m; i0 += TG_MR) {                                             \
-        ptrdiff_t rows = m - i0 < TG_MR ? m - i0 : TG_MR;                                     \
-        const TYPE* ar[TG_MR];                                                                \
-        for (int r = 0; r < TG_MR; r++)                                                       \
-            ar[r] = a + (r < rows ? i0 + r : m - 1) * ars;                                    \
-        ptrdiff_t j0 = 0;                                                                     \
-        for (; j0 + NR <= n; j0 += NR) {                                                      \
-            NAME##_vec acc[TG_MR][2];                                                         \
-            for (int r = 0; r < TG_MR; r++)                                                   \
-                acc[r][0] = acc[r][1] = (NAME##_vec){0};                                      \
-            for (ptrdiff_t p = 0; p < k; p++) {                                               \
-                NAME##_vec b0, b1;                                                            \
-                memcpy(&b0, b + p * ldb + j0, sizeof b0);                                     \
-                memcpy(&b1, b + p * ldb + j0 + W, sizeof b1);                                 \
-                for (int r = 0; r < TG_MR; r++) {                                             \
-                    TYPE x = ar[r][p * acs];                                                  \
-                    acc[r][0] += x * b0;                                                      \
-                    acc[r][1] += x * b1;                                                      \
-                }                                                                             \
-            }                                                                                 \
-            for (int r = 0; r < rows; r++)                                                    \
-                memcpy(c + (i0 + r) * ldc + j0, acc[r], sizeof acc[r]);                       \
-        }                                                                                     \
-        for (; j0 < n; j0++)                                                                  \
-            for (int r = 0; r < rows; r++) {                                                  \
-                TYPE sum = 0;                                                                 \
-                for (ptrdiff_t p = 0; p < k; p++)                                             \
-                    sum += ar[r][p * acs] * b[p * ldb + j0];                                  \
-                c[(i0 + r) * ldc + j0] = sum;                                                 \
-            }                                                                                 \
-    }                                                                                         \
+#define TG_T float
+#define TG_EXP tg_expf
+#define TG_LOG logf
+#define TG_VBYTES 64
+#define TG_F(name) name##_f32_512
+#include "attention_impl.h"
+#undef TG_VBYTES
+#undef TG_F
+#define TG_VBYTES 32
+#define TG_F(name) name##_f32_256
+#include "attention_impl.h"
+#undef TG_VBYTES
+#undef TG_F
+#define TG_VBYTES 16
+#define TG_F(name) name##_f32_128
+#include "attention_impl.h"
+#undef TG_VBYTES
+#undef TG_F
+#undef TG_T
+#undef TG_EXP
+#undef TG_LOG
+
+#define TG_T double
+#define TG_EXP exp
+#define TG_LOG log
+#define TG_VBYTES 64
+#define TG_F(name) name##_f64_512
+#include "attention_impl.h"
+#undef TG_VBYTES
+#undef TG_F
+#define TG_VBYTES 32
+#define TG_F(name) name##_f64_256
+#include "attention_impl.h"
+#undef TG_VBYTES
+#undef TG_F
+#define TG_VBYTES 16
+#define TG_F(name) name##_f64_128
+#include "attention_impl.h"
+#undef TG_VBYTES
+#undef TG_F
+#undef TG_T
+#undef TG_EXP
+#undef TG_LOG
+
+/* TG_ATT_SIMD: the AVX2 and AVX-512 entry points are compiled for their ISA (x86-64, GCC or
+   clang). CFLAGS=-DTINYGPT_NO_DISPATCH leaves only the baseline: tg_att_cpu_isa() is then 0. */
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) \
+    && !defined(TINYGPT_NO_DISPATCH)
+#define TG_ATT_SIMD 1
+#define TG_AVX512 __attribute__((target("avx512f")))
+#define TG_AVX2 __attribute__((target("avx2,fma")))
+#else
+#define TG_ATT_SIMD 0
+#define TG_AVX512
+#define TG_AVX2
+#endif
+
+/* 2: AVX-512 (F), 1: AVX2 + FMA, 0: neither. */
+static inline int tg_att_cpu_isa(void) {
+#if TG_ATT_SIMD
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f"))
+        return 2;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+        return 1;
+#endif
+    return 0;
 }
-TG_DEFINE_GEMM(tg_gemm_f, float)
-TG_DEFINE_GEMM(tg_gemm_d, double)
+
+/* The tile rows of each ISA: a head's query and key blocks. */
+static inline int tg_att_rows(int isa) { return isa == 2 ? 12 : 6; }
+
+/* Scratch elements for one head on any ISA (the widest vector pads the most). */
+static inline ptrdiff_t tg_att_scratch_f32(int backward, ptrdiff_t T, ptrdiff_t D) {
+    return tg_att_scratch_f32_512(backward, T, D);
+}
+static inline ptrdiff_t tg_att_scratch_f64(int backward, ptrdiff_t T, ptrdiff_t D) {
+    return tg_att_scratch_f64_512(backward, T, D);
+}
+
+#define TG_ATT_FORWARD_ARGS(T) const T* q, ptrdiff_t ldq, ptrdiff_t n, ptrdiff_t C, \
+    ptrdiff_t D, T scale, T* out, ptrdiff_t ldo, T* lse, T* scratch
+#define TG_ATT_BACKWARD_ARGS(T) const T* dout, const T* q, const T* out, ptrdiff_t ldq, \
+    ptrdiff_t ldo, const T* lse, ptrdiff_t n, ptrdiff_t C, ptrdiff_t D, T scale, T* dq, \
+    T* scratch
+#define TG_ATT_FORWARD_CALL q, ldq, n, C, D, scale, out, ldo, lse, scratch
+#define TG_ATT_BACKWARD_CALL dout, q, out, ldq, ldo, lse, n, C, D, scale, dq, scratch
+
+/* tg_att_forward_head_SFX(isa, ...) and tg_att_backward_head_SFX(isa, ...): one head on the
+   ISA's entry point (arguments: tg_att_forward and tg_att_backward in attention_impl.h). */
+#define TG_ATT_HEADS(SFX, T)                                                                  \
+TG_AVX512 static void tg_att_fwd512_##SFX(TG_ATT_FORWARD_ARGS(T)) {                            \
+    tg_att_forward_##SFX##_512(12, 2, TG_ATT_FORWARD_CALL);                                   \
+}                                                                                             \
+TG_AVX2 static void tg_att_fwd256_##SFX(TG_ATT_FORWARD_ARGS(T)) {                              \
+    tg_att_forward_##SFX##_256(6, 2, TG_ATT_FORWARD_CALL);                                    \
+}                                                                                             \
+static void tg_att_fwd128_##SFX(TG_ATT_FORWARD_ARGS(T)) {                                     \
+    tg_att_forward_##SFX##_128(6, 2, TG_ATT_FORWARD_CALL);                                    \
+}                                                                                             \
+TG_AVX512 static void tg_att_bwd512_##SFX(TG_ATT_BACKWARD_ARGS(T)) {                           \
+    tg_att_backward_##SFX##_512(12, 2, TG_ATT_BACKWARD_CALL);                                 \
+}                                                                                             \
+TG_AVX2 static void tg_att_bwd256_##SFX(TG_ATT_BACKWARD_ARGS(T)) {                             \
+    tg_att_backward_##SFX##_256(6, 2, TG_ATT_BACKWARD_CALL);                                  \
+}                                                                                             \
+static void tg_att_bwd128_##SFX(TG_ATT_BACKWARD_ARGS(T)) {                                    \
+    tg_att_backward_##SFX##_128(6, 2, TG_ATT_BACKWARD_CALL);                                  \
+}                                                                                             \
+static inline void tg_att_forward_head_##SFX(int isa, TG_ATT_FORWARD_ARGS(T)) {               \
+    if (isa == 2) tg_att_fwd512_##SFX(TG_ATT_FORWARD_CALL);                                   \
+    else if (isa == 1) tg_att_fwd256_##SFX(TG_ATT_FORWARD_CALL);                              \
+    else tg_att_fwd128_##SFX(TG_ATT_FORWARD_CALL);                                            \
+}                                                                                             \
+static inline void tg_att_backward_head_##SFX(int isa, TG_ATT_BACKWARD_ARGS(T)) {             \
+    if (isa == 2) tg_att_bwd512_##SFX(TG_ATT_BACKWARD_CALL);                                  \
+    else if (isa == 1) tg_att_bwd256_##SFX(TG_ATT_BACKWARD_CALL);                             \
+    else tg_att_bwd128_##SFX(TG_ATT_BACKWARD_CALL);                                           \
+}
+
+TG_ATT_HEADS(f32, float)
+TG_ATT_HEADS(f64, double)
 
 #endif

@@ -3,19 +3,20 @@
 The kernels read the packed projection qkv (B, T, 3C) = [q | k | v] and write out (B, T, C)
 in place: head h of a row is the D = C / H columns starting at h * D, so no head is ever
 copied into a (B, H, T, D) array. Rows of one head are therefore 3C (or C) elements apart.
-One prange work item per (batch, head) pair, with per-thread scratch: the (T, T) score matrix
-(two in the backward) and k^T (and v^T), copied once per head.
+One prange work item per (batch, head) pair, with per-thread scratch.
 
-Every product is one small hand-written kernel, tg_gemm (below): c (m, n) = a (m, k) @ b (k, n),
-MR rows of c at a time held in SIMD registers. At these sizes (T <= a few hundred, D = 32) a
-BLAS gemm spends more time packing its operands than multiplying. The kernel reads a through a
-row and a column stride, so P^T and dS^T are read in place, and b row by row; k^T and v^T are
-copied so that the score products read b along its rows too. Query row t only touches keys
-0..t, so the score products stop at the MR-row block's last key, and the entries of that block
-above the diagonal are set to zero before anything multiplies them.
-The forward keeps only lse, the log-sum-exp of each row of scaled scores; the backward rebuilds
-the probabilities from q, k and lse (flash-attention style) and uses
-sum_j P[t, j] dP[t, j] = dout[t] . out[t].
+A head is C (attention_impl.h): every product is one small hand-written GEMM that holds a tile
+of MR rows x 2 SIMD vectors in registers (AVX-512 12 x 2 x 16 floats, AVX2 6 x 2 x 8, baseline
+SSE2 6 x 2 x 4; picked at run time, _use_isa switches for tests). At these sizes (T <= a few hundred, D = 32) a BLAS gemm spends more time
+packing its operands than multiplying. The GEMM reads its left operand through a row and a
+column stride, so P^T and dS^T are read in place; k^T and v^T are copied (scaled) so that the
+score products read their right operand along rows. Query row t only touches keys 0..t: the
+queries go in blocks of MR rows, and each block's products stop at its last key. The head's
+rows of q, k, v and dout are copied together first: 3C apart, they share a few cache sets.
+The forward takes a block's scores, their exponentials (unnormalized) and out = exp(S) @ v
+divided by the row sums in one pass, and keeps lse, the log-sum-exp of each row of scaled
+scores; the backward rebuilds the probabilities from q, k and lse (flash-attention style) and
+uses sum_j P[t, j] dP[t, j] = dout[t] . out[t].
 """
 from libc.math cimport sqrt
 from libc.stdlib cimport free, malloc
@@ -24,149 +25,84 @@ from cython cimport floating
 from cython.parallel cimport parallel, prange
 
 from kernel_checks cimport require, thread_count
-from kernel_math cimport exp_shifted_sum, flog, row_dot, row_max
 
 cdef extern from "attention.h":
-    enum: TG_MR
-    void tg_gemm_f(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const float* a, Py_ssize_t ars,
-                   Py_ssize_t acs, const float* b, Py_ssize_t ldb, float* c,
-                   Py_ssize_t ldc) noexcept nogil
-    void tg_gemm_d(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const double* a, Py_ssize_t ars,
-                   Py_ssize_t acs, const double* b, Py_ssize_t ldb, double* c,
-                   Py_ssize_t ldc) noexcept nogil
+    int tg_att_cpu_isa() noexcept nogil
+    int tg_att_rows(int isa) noexcept nogil
+    Py_ssize_t tg_att_scratch_f32(int backward, Py_ssize_t T, Py_ssize_t D) noexcept nogil
+    Py_ssize_t tg_att_scratch_f64(int backward, Py_ssize_t T, Py_ssize_t D) noexcept nogil
+    void tg_att_forward_head_f32(int isa, const float* q, Py_ssize_t ldq, Py_ssize_t T,
+                                 Py_ssize_t C, Py_ssize_t D, float scale, float* out,
+                                 Py_ssize_t ldo, float* lse, float* scratch) noexcept nogil
+    void tg_att_forward_head_f64(int isa, const double* q, Py_ssize_t ldq, Py_ssize_t T,
+                                 Py_ssize_t C, Py_ssize_t D, double scale, double* out,
+                                 Py_ssize_t ldo, double* lse, double* scratch) noexcept nogil
+    void tg_att_backward_head_f32(int isa, const float* dout, const float* q, const float* out,
+                                  Py_ssize_t ldq, Py_ssize_t ldo, const float* lse, Py_ssize_t T,
+                                  Py_ssize_t C, Py_ssize_t D, float scale, float* dq,
+                                  float* scratch) noexcept nogil
+    void tg_att_backward_head_f64(int isa, const double* dout, const double* q,
+                                  const double* out, Py_ssize_t ldq, Py_ssize_t ldo,
+                                  const double* lse, Py_ssize_t T, Py_ssize_t C, Py_ssize_t D,
+                                  double scale, double* dq, double* scratch) noexcept nogil
+
+cdef int _cpu_isa = tg_att_cpu_isa()
+cdef int _isa = _cpu_isa
+_ISA_NAMES = {0: "plain", 1: "avx2", 2: "avx512"}
+
+# The blocks, for the tests' boundary cases, per ISA: query and key rows per block, and bytes
+# of a vector (score rows are padded to whole vectors, products go in tiles of two).
+_BLOCKS = {"rows": {name: tg_att_rows(isa) for isa, name in _ISA_NAMES.items()},
+           "vector_bytes": {"plain": 16, "avx2": 32, "avx512": 64}}
 
 
-cdef enum:
-    PAD = 16  # score rows are padded to a multiple of this: whole column blocks of tg_gemm
+def _kernel_isa():
+    """Which path runs: "avx512", "avx2" or "plain" (baseline x86-64)."""
+    return _ISA_NAMES[_isa]
 
-_BLOCKS = {"rows": TG_MR, "pad": PAD}  # the gemm's blocks, for the tests' boundary cases
 
-
-cdef inline void gemm(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const floating* a,
-                      Py_ssize_t ars, Py_ssize_t acs, const floating* b, Py_ssize_t ldb,
-                      floating* c, Py_ssize_t ldc) noexcept nogil:
-    """c (m, n) = a (m, k) @ b (k, n), a[i, p] = a[i * ars + p * acs]; see tg_gemm."""
-    if floating is float:
-        tg_gemm_f(m, n, k, a, ars, acs, b, ldb, c, ldc)
+def _use_isa(name):
+    """For tests: run the path named ("avx512", "avx2", "plain") if this CPU has it, or the
+    CPU's best with None. Returns the path now in use."""
+    global _isa
+    levels = {v: k for k, v in _ISA_NAMES.items()}
+    if name is None:
+        _isa = _cpu_isa
+    elif name not in levels:
+        raise ValueError(f"unknown kernel path {name!r}; expected one of {sorted(levels)}")
+    elif levels[name] > _cpu_isa:
+        raise ValueError(f"this CPU cannot run the {name} path")
     else:
-        tg_gemm_d(m, n, k, a, ars, acs, b, ldb, c, ldc)
+        _isa = levels[name]
+    return _kernel_isa()
 
 
-cdef inline Py_ssize_t block_end(Py_ssize_t t, Py_ssize_t T) noexcept nogil:
-    """One past the last key of row t's block of TG_MR rows (what the products read)."""
-    return min((t // TG_MR + 1) * TG_MR, T)
+cdef inline Py_ssize_t scratch_size(floating* kind, bint backward, Py_ssize_t T,
+                                    Py_ssize_t D) noexcept nogil:
+    """Scratch elements for one head (kind only selects the dtype)."""
+    if floating is float:
+        return tg_att_scratch_f32(backward, T, D)
+    else:
+        return tg_att_scratch_f64(backward, T, D)
 
 
-cdef inline Py_ssize_t padded(Py_ssize_t n) noexcept nogil:
-    return (n + PAD - 1) // PAD * PAD
+cdef inline void forward_head(int isa, const floating* q, Py_ssize_t ldq, Py_ssize_t T,
+                              Py_ssize_t C, Py_ssize_t D, floating scale, floating* out,
+                              Py_ssize_t ldo, floating* lse, floating* scratch) noexcept nogil:
+    if floating is float:
+        tg_att_forward_head_f32(isa, q, ldq, T, C, D, scale, out, ldo, lse, scratch)
+    else:
+        tg_att_forward_head_f64(isa, q, ldq, T, C, D, scale, out, ldo, lse, scratch)
 
 
-cdef void transpose_scaled(const floating* x, Py_ssize_t ldx, Py_ssize_t T, Py_ssize_t D,
-                           floating alpha, floating* xt, Py_ssize_t ldt) noexcept nogil:
-    """xt (D, ldt) = alpha * x (T, D)^T, rows of x ldx apart; columns T..ldt of xt set to 0."""
-    cdef Py_ssize_t t, d
-    for d in range(D):
-        for t in range(T):
-            xt[d * ldt + t] = alpha * x[t * ldx + d]
-        for t in range(T, ldt):
-            xt[d * ldt + t] = 0
-
-
-cdef void causal_scores(const floating* a, Py_ssize_t lda, const floating* bt, Py_ssize_t T,
-                        Py_ssize_t Tp, Py_ssize_t D, floating* s) noexcept nogil:
-    """s (T, Tp) = a (T, D) @ bt (D, Tp), rows of a lda apart, block by block of TG_MR rows,
-    each up to its last key (rounded up to whole column blocks). Later columns are not
-    written."""
-    cdef Py_ssize_t blk, i0
-    for blk in range((T + TG_MR - 1) // TG_MR):
-        i0 = blk * TG_MR
-        gemm(min(TG_MR, T - i0), min(padded(i0 + TG_MR), Tp), D, a + i0 * lda, lda, 1, bt, Tp,
-             s + i0 * Tp, Tp)
-
-
-cdef void lower_times(const floating* l, Py_ssize_t T, Py_ssize_t Tp, Py_ssize_t D,
-                      const floating* x, Py_ssize_t ldx, floating* y, Py_ssize_t ldy) noexcept nogil:
-    """y (T, D) = L @ x, L the lower triangle of l (T, Tp) as the callers leave it (zeros above
-    the diagonal up to each block's end); rows of x and y ldx and ldy apart."""
-    cdef Py_ssize_t blk, i0
-    for blk in range((T + TG_MR - 1) // TG_MR):
-        i0 = blk * TG_MR
-        gemm(min(TG_MR, T - i0), D, block_end(i0, T), l + i0 * Tp, Tp, 1, x, ldx, y + i0 * ldy,
-             ldy)
-
-
-cdef void lower_t_times(const floating* l, Py_ssize_t T, Py_ssize_t Tp, Py_ssize_t D,
-                        const floating* x, Py_ssize_t ldx, floating* y,
-                        Py_ssize_t ldy) noexcept nogil:
-    """y (T, D) = L^T @ x, L as in lower_times: rows j0.. of y take rows j0..T of L (above row
-    j0, L's columns j0..j0 + TG_MR are zero)."""
-    cdef Py_ssize_t blk, j0
-    for blk in range((T + TG_MR - 1) // TG_MR):
-        j0 = blk * TG_MR
-        gemm(min(TG_MR, T - j0), D, T - j0, l + j0 * Tp + j0, 1, Tp, x + j0 * ldx, ldx,
-             y + j0 * ldy, ldy)
-
-
-cdef void forward_head(const floating* q, Py_ssize_t ldq, Py_ssize_t T, Py_ssize_t C,
-                       Py_ssize_t D, floating scale, floating* out, Py_ssize_t ldo,
-                       floating* lse, floating* scratch) noexcept nogil:
-    """One head: q, and k = q + C, v = q + 2C, (T, D) with rows ldq apart; out (T, D) with rows
-    ldo apart; lse (T,); scratch holds (T + D) * padded(T) for p and k^T."""
-    cdef Py_ssize_t t, j, n, Tp = padded(T)
-    cdef floating m, z
-    cdef floating* pt
-    cdef floating* p = scratch
-    cdef floating* kt = scratch + T * Tp
-    transpose_scaled(q + C, ldq, T, D, scale, kt, Tp)
-    causal_scores(q, ldq, kt, T, Tp, D, p)
-    for t in range(T):
-        n = t + 1
-        pt = p + t * Tp
-        m = row_max(pt, n)
-        z = exp_shifted_sum(pt, pt, n, m)
-        lse[t] = m + flog(z)
-        for j in range(n):
-            pt[j] = pt[j] / z
-        for j in range(n, block_end(t, T)):
-            pt[j] = 0
-    lower_times(p, T, Tp, D, q + 2 * C, ldq, out, ldo)  # out = P @ v
-
-
-cdef void backward_head(const floating* dout, const floating* q, const floating* out,
-                        Py_ssize_t ldq, Py_ssize_t ldo, const floating* lse, Py_ssize_t T,
-                        Py_ssize_t C, Py_ssize_t D, floating scale, floating* dq,
-                        floating* scratch) noexcept nogil:
-    """One head: q (k = q + C, v = q + 2C) and dq (dk = dq + C, dv = dq + 2C) have rows ldq
-    apart, dout and out rows ldo apart, all (T, D); lse (T,); scratch holds
-    2 (T + D) padded(T) for p, ds, k^T and v^T."""
-    cdef Py_ssize_t t, j, n, Tp = padded(T)
-    cdef floating rd
-    cdef floating* pt
-    cdef floating* dst
-    cdef floating* p = scratch
-    cdef floating* ds = p + T * Tp
-    cdef floating* kt = ds + T * Tp
-    cdef floating* vt = kt + D * Tp
-    cdef const floating* k = q + C
-    cdef const floating* v = q + 2 * C
-    transpose_scaled(k, ldq, T, D, scale, kt, Tp)
-    transpose_scaled(v, ldq, T, D, 1, vt, Tp)
-    causal_scores(q, ldq, kt, T, Tp, D, p)
-    causal_scores(dout, ldo, vt, T, Tp, D, ds)  # dP = dout @ v^T, turned into dS below
-    for t in range(T):
-        n = t + 1
-        pt = p + t * Tp
-        dst = ds + t * Tp
-        rd = row_dot(dout + t * ldo, out + t * ldo, D)  # = sum_j P[t, j] * dP[t, j]
-        exp_shifted_sum(pt, pt, n, lse[t])  # P[t, :n]
-        for j in range(n):
-            dst[j] = scale * pt[j] * (dst[j] - rd)  # scale * dS: both of its products need it
-        for j in range(n, block_end(t, T)):
-            pt[j] = 0
-            dst[j] = 0
-    lower_t_times(p, T, Tp, D, dout, ldo, dq + 2 * C, ldq)  # dv = P^T @ dout
-    lower_times(ds, T, Tp, D, k, ldq, dq, ldq)              # dq = scale * dS @ k
-    lower_t_times(ds, T, Tp, D, q, ldq, dq + C, ldq)        # dk = scale * dS^T @ q
+cdef inline void backward_head(int isa, const floating* dout, const floating* q,
+                               const floating* out, Py_ssize_t ldq, Py_ssize_t ldo,
+                               const floating* lse, Py_ssize_t T, Py_ssize_t C, Py_ssize_t D,
+                               floating scale, floating* dq, floating* scratch) noexcept nogil:
+    if floating is float:
+        tg_att_backward_head_f32(isa, dout, q, out, ldq, ldo, lse, T, C, D, scale, dq, scratch)
+    else:
+        tg_att_backward_head_f64(isa, dout, q, out, ldq, ldo, lse, T, C, D, scale, dq, scratch)
 
 
 cdef int check_heads(Py_ssize_t C3, Py_ssize_t C, int n_heads) except -1:
@@ -188,17 +124,17 @@ def attention_forward(const floating[:, :, ::1] qkv not None, int n_heads,
     cdef Py_ssize_t D = C // H, bh, b, h
     cdef floating scale = <floating>(1.0 / sqrt(<double>D))
     cdef floating* p = NULL
-    cdef int failed = 0
+    cdef int failed = 0, isa = _isa
     with nogil, parallel(num_threads=thread_count(n_threads)):
-        p = <floating*>malloc((T + D) * padded(T) * sizeof(floating))
+        p = <floating*>malloc(scratch_size(p, False, T, D) * sizeof(floating))
         for bh in prange(B * H, schedule='static'):
             b = bh // H
             h = bh % H
             if p == NULL:
                 failed += 1
             else:
-                forward_head(&qkv[b, 0, h * D], 3 * C, T, C, D, scale, &out[b, 0, h * D], C,
-                             &lse[b, h, 0], p)
+                forward_head(isa, &qkv[b, 0, h * D], 3 * C, T, C, D, scale, &out[b, 0, h * D],
+                             C, &lse[b, h, 0], p)
         free(p)
     if failed:
         raise MemoryError("attention_forward: could not allocate scratch memory")
@@ -223,16 +159,16 @@ def attention_backward(const floating[:, :, ::1] dout not None,
     cdef Py_ssize_t D = C // H, bh, b, h
     cdef floating scale = <floating>(1.0 / sqrt(<double>D))
     cdef floating* p = NULL
-    cdef int failed = 0
+    cdef int failed = 0, isa = _isa
     with nogil, parallel(num_threads=thread_count(n_threads)):
-        p = <floating*>malloc(2 * (T + D) * padded(T) * sizeof(floating))
+        p = <floating*>malloc(scratch_size(p, True, T, D) * sizeof(floating))
         for bh in prange(B * H, schedule='static'):
             b = bh // H
             h = bh % H
             if p == NULL:
                 failed += 1
             else:
-                backward_head(&dout[b, 0, h * D], &qkv[b, 0, h * D], &att[b, 0, h * D],
+                backward_head(isa, &dout[b, 0, h * D], &qkv[b, 0, h * D], &att[b, 0, h * D],
                               3 * C, C, &lse[b, h, 0], T, C, D, scale, &dqkv[b, 0, h * D], p)
         free(p)
     if failed:
