@@ -24,7 +24,7 @@ from libc.stdlib cimport free, malloc
 from cython cimport floating
 from cython.parallel cimport parallel, prange
 
-from kernel_checks cimport require, thread_count
+from kernel_checks cimport isa_level, require, thread_count
 
 cdef extern from "attention.h":
     int tg_att_cpu_isa() noexcept nogil
@@ -65,15 +65,7 @@ def _use_isa(name):
     """For tests: run the path named ("avx512", "avx2", "plain") if this CPU has it, or the
     CPU's best with None. Returns the path now in use."""
     global _isa
-    levels = {v: k for k, v in _ISA_NAMES.items()}
-    if name is None:
-        _isa = _cpu_isa
-    elif name not in levels:
-        raise ValueError(f"unknown kernel path {name!r}; expected one of {sorted(levels)}")
-    elif levels[name] > _cpu_isa:
-        raise ValueError(f"this CPU cannot run the {name} path")
-    else:
-        _isa = levels[name]
+    _isa = isa_level(name, _ISA_NAMES, _cpu_isa)
     return _kernel_isa()
 
 

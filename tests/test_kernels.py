@@ -73,6 +73,19 @@ def on_kernels(n_threads, op, *args, **kwargs):
         ops.set_num_threads(previous)
 
 
+def _paths(module, names):
+    """The SIMD paths of a kernel module (its _use_isa) that this CPU can run, of names."""
+    paths = []
+    for name in names:
+        try:
+            module._use_isa(name)
+            paths.append(name)
+        except ValueError:
+            pass
+    module._use_isa(None)
+    return paths
+
+
 def normal(rng, shape, dtype, scale=1.0):
     return (scale * rng.standard_normal(shape)).astype(dtype)
 
@@ -205,19 +218,6 @@ def test_attention_parity(dtype, n_threads, seed, b, h, t, d):
                  terms=t + d, c=8)
 
 
-def _attention_paths():
-    """The attention paths this CPU can run: "avx512", "avx2" (where it has them), "plain"."""
-    paths = []
-    for name in ("avx512", "avx2", "plain"):
-        try:
-            _attention._use_isa(name)
-            paths.append(name)
-        except ValueError:
-            pass
-    _attention._use_isa(None)
-    return paths
-
-
 # (B, H, T, D) on each side of every path's blocks: its rows (12 or 6), its vectors (16, 8 or 4
 # float32 columns) and tiles of two; the model's head (T 128, D 32)
 ATTENTION_BOUNDARIES = [(1, 1, 1, 1), (2, 1, 5, 3), (1, 2, 6, 4), (1, 1, 7, 5), (1, 3, 11, 8),
@@ -233,7 +233,7 @@ def test_every_attention_path_at_its_block_boundaries(dtype, b, h, t, d):
     e_out, e_lse = ref.attention_forward(qkv, h)
     e_dqkv = ref.attention_backward(dout, qkv, e_out, e_lse, h)
     try:
-        for path in _attention_paths():
+        for path in _paths(_attention, ("avx512", "avx2", "plain")):
             _attention._use_isa(path)
             out, lse = on_kernels(2, "attention_forward", qkv, h)
             dqkv = on_kernels(2, "attention_backward", dout, qkv, e_out, e_lse, h)
@@ -348,20 +348,6 @@ LINEAR_F32_BOUNDARIES = [
     (SEGMENTS_MAX * SEGMENT + 1, 12, 65), ((SEGMENTS_MAX + 1) * SEGMENT + 1, 9, 40)]
 
 
-def _float32_paths():
-    """The float32 linear paths this CPU can run: "avx512", "avx2", "blas" (the first two
-    where the CPU has them)."""
-    paths = []
-    for name in ("avx512", "avx2", "blas"):
-        try:
-            _linear._use_isa(name)
-            paths.append(name)
-        except ValueError:
-            pass
-    _linear._use_isa(None)
-    return paths
-
-
 @pytest.mark.parametrize("n,k,m", LINEAR_F32_BOUNDARIES)
 def test_every_float32_linear_path_at_its_block_boundaries(n, k, m):
     rng = np.random.default_rng(n * 1000 + k * 10 + m)
@@ -371,7 +357,7 @@ def test_every_float32_linear_path_at_its_block_boundaries(n, k, m):
     expected = ref.linear_forward(x, w, bias, residual), *ref.linear_backward(dout, x, w)
     results = {}
     try:
-        for path in _float32_paths():
+        for path in _paths(_linear, ("avx512", "avx2", "blas")):
             _linear._use_isa(path)
             got = (on_kernels(2, "linear_forward", x, w, bias, residual),
                    *on_kernels(2, "linear_backward", dout, x, w))
