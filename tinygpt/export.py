@@ -63,7 +63,7 @@ def save_safetensors(path: str | Path, model: TinyGPT, tokenizer: CharTokenizer)
     metadata = {
         "format": FORMAT,
         "tinygpt_version": __version__,
-        "config": json.dumps(_plain_config(model.config)),
+        "config": json.dumps(model.config.to_dict()),
         "vocab": json.dumps("".join(tokenizer.chars)),
         "dtype": model.dtype.name,
     }
@@ -84,12 +84,6 @@ def save_hf(directory: str | Path, model: TinyGPT, tokenizer: CharTokenizer) -> 
     atomic_write_text(directory / HF_CONFIG, json.dumps(_hf_config(model), indent=2) + "\n")
     vocab = {ch: i for i, ch in enumerate(tokenizer.chars)}
     atomic_write_text(directory / HF_VOCAB, json.dumps(vocab, indent=2) + "\n")
-
-
-def _plain_config(config):
-    """GPTConfig -> dict of plain ints and a float (numpy numbers do not go into JSON)."""
-    return {key: float(value) if key == "dropout" else int(value)
-            for key, value in dataclasses.asdict(config).items()}
 
 
 def _check_pair(model, tokenizer):
@@ -113,7 +107,7 @@ def _hf_layout(name, array):
 
 def _hf_config(model):
     """GPT-2 config.json contents for the model, as a dict."""
-    cfg = _plain_config(model.config)
+    cfg = model.config.to_dict()
     return {
         "model_type": "gpt2",
         "architectures": ["GPT2LMHeadModel"],
