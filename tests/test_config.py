@@ -34,7 +34,9 @@ def test_values_are_checked_once_with_messages_naming_the_setting():
                        (dict(threads=0), "threads"), (dict(dropout=1.0), "dropout"),
                        (dict(seq_len=256, max_seq_len=128), "max_seq_len"),
                        (dict(prompt=3), "prompt must be a string"),
-                       (dict(epochs=True), "epochs must be an integer")]:
+                       (dict(epochs=True), "epochs must be an integer"),
+                       (dict(position="alibi"), "position must be one of learned, rotary"),
+                       (dict(mlp="swiglu"), "mlp must be one of gelu, relu2")]:
         with pytest.raises(ValueError, match=match):
             RunConfig(**bad)
     with pytest.raises(ValueError, match="unknown setting 'batchsize'"):

@@ -14,6 +14,8 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .model import MLPS, POSITIONS
+
 try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10
@@ -84,6 +86,9 @@ class RunConfig(TrainConfig):
     n_layers: int = _setting(5, "transformer blocks (the lab suggests 4)")
     max_seq_len: typing.Optional[int] = _setting(None, "position table size (default: seq_len)")
     dropout: float = _setting(0.0, "dropout rate of the embeddings and residual branches")
+    position: str = _setting("learned", "position encoding: 'learned' (a table, GPT-2) or "
+                                        "'rotary' (queries and keys rotated, GPT-NeoX)")
+    mlp: str = _setting("gelu", "the MLP's activation: 'gelu' (GPT-2) or 'relu2' (squared ReLU)")
     data: typing.Optional[str] = _setting(
         None, "text file to train on (default: tiny_shakespeare, found through $TINYGPT_DATA, "
               "the user cache, or a download)")
@@ -109,6 +114,10 @@ class RunConfig(TrainConfig):
         _at_least("sample_tokens", self.sample_tokens, 0)
         if not 0 <= self.dropout < 1:
             raise ValueError(f"dropout must lie in [0, 1), got {self.dropout!r}")
+        for name, choices in (("position", POSITIONS), ("mlp", MLPS)):
+            if getattr(self, name) not in choices:
+                raise ValueError(f"{name} must be one of {', '.join(choices)}, "
+                                 f"got {getattr(self, name)!r}")
         if self.max_seq_len is not None and self.max_seq_len < self.seq_len:
             raise ValueError(f"max_seq_len ({self.max_seq_len}) must be at least seq_len "
                              f"({self.seq_len})")

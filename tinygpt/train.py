@@ -212,7 +212,8 @@ def _read_text(config, tokenizer=None):
 
 def _new_trainer(config, tokenizer, train_ids, val_ids):
     model = TinyGPT(tokenizer.vocab_size, config.d_model, config.n_heads, config.n_layers,
-                    config.model_max_seq_len, seed=config.seed, dropout=config.dropout)
+                    config.model_max_seq_len, seed=config.seed, dropout=config.dropout,
+                    position=config.position, mlp=config.mlp)
     return Trainer(model, train_ids, config.train_config(), val_data=val_ids,
                    group=distributed.group())
 
@@ -225,7 +226,7 @@ def _start(requested):
         return config, _new_trainer(config, tokenizer, train_ids, val_ids), tokenizer, []
     source, tokenizer = export.load_model(config.init_from)
     shape = {name: getattr(source.config, name)
-             for name in ("d_model", "n_heads", "n_layers", "max_seq_len")}
+             for name in ("d_model", "n_heads", "n_layers", "max_seq_len", "position", "mlp")}
     for name, value in shape.items():
         if requested.get(name, value) != value:
             raise ValueError(f"{flag(name)} {requested[name]} differs from the model in "
