@@ -6,6 +6,7 @@ ops' checks and the kernels' thread start-up would cost more than the arithmetic
 attention that reads the keys and values cached for the positions before. The prompt is read by
 the ordinary forward, whose attention also fills the cache.
 """
+import dataclasses
 import math
 from typing import Callable, Optional
 
@@ -22,19 +23,24 @@ class RowOps:
     def __init__(self, batch_size, d_model, dtype):
         self.mean_w = np.full((d_model, 1), 1.0 / d_model, dtype)  # x @ mean_w: row means
         self.scratch = np.empty((batch_size, 4 * d_model), dtype)
+        self.stat = np.empty((batch_size, 1), dtype)  # a per-row statistic
+        self.stat_flat = self.stat[:, 0]
 
     def layernorm_forward(self, x, weight, bias, eps=1e-5, *, out):
-        y, mean, rstd = out  # (B, C), (B,), (B,)
-        np.matmul(x, self.mean_w, out=mean[:, None])
-        np.subtract(x, mean[:, None], out=y)
-        np.vecdot(y, y, out=rstd)  # sums of squares
-        rstd *= 1.0 / x.shape[1]
-        rstd += eps
-        np.sqrt(rstd, out=rstd)
-        np.reciprocal(rstd, out=rstd)
-        y *= rstd[:, None]
-        y *= weight
-        y += bias
+        """out's first array receives the normalized rows; its mean and rstd, which only a
+        backward reads, are left unwritten. With weight and bias None, the normalization
+        alone (see ``decode_weights``)."""
+        y, stat = out[0], self.stat  # (B, C), (B, 1)
+        np.matmul(x, self.mean_w, out=stat)  # the means
+        np.subtract(x, stat, out=y)
+        np.vecdot(y, y, out=self.stat_flat)  # sums of squares
+        stat *= 1.0 / x.shape[1]
+        stat += eps
+        np.sqrt(stat, out=stat)
+        y /= stat
+        if weight is not None:
+            y *= weight
+            y += bias
         return out
 
     @staticmethod
@@ -80,12 +86,36 @@ class RowOps:
         return qkv
 
 
+def decode_weights(w, n_heads):
+    """The GPTParams w as a decode step reads them: in each block, each LayerNorm's weight and
+    bias folded into the matrix that reads its output, (xhat * g + b) @ W + c
+    = xhat @ (g[:, None] * W) + (b @ W + c), so that the step only normalizes; and the
+    attention's 1/sqrt(D) folded into the query columns. New arrays for what changes."""
+    def fold(ln_w, ln_b, weight, bias):
+        return ln_w[:, None] * weight, ln_b @ weight + bias
+
+    blocks = []
+    for block in w.blocks:
+        attn_w, attn_b = fold(block.ln1_w, block.ln1_b, block.attn_w, block.attn_b)
+        C = attn_w.shape[0]
+        scale = 1.0 / math.sqrt(C // n_heads)
+        attn_w[:, :C] *= scale  # the queries: the scores come out scaled
+        attn_b[:C] *= scale
+        fc_w, fc_b = fold(block.ln2_w, block.ln2_b, block.fc_w, block.fc_b)
+        blocks.append(dataclasses.replace(block, ln1_w=None, ln1_b=None, attn_w=attn_w,
+                                          attn_b=attn_b, ln2_w=None, ln2_b=None, fc_w=fc_w,
+                                          fc_b=fc_b))
+    return dataclasses.replace(w, blocks=blocks)
+
+
 class DecodeCache:
     """What cached generation keeps between decode steps, for B rows.
 
     Per layer, the keys (B, H, D, max_seq_len) and values (B, H, max_seq_len, D), laid out so
     that each head's scores and weighted sum are one matrix-vector product over contiguous rows;
-    and one position's Activations, which each step overwrites.
+    and one position's Activations, which each step overwrites; and the weights a step reads
+    (``decode_weights``), made from the model's parameters when the cache is: they must not
+    change while the cache is in use (generate makes a new one per call).
     """
 
     def __init__(self, model, batch_size):
@@ -95,8 +125,13 @@ class DecodeCache:
         self.keys = [np.zeros((B, H, D, T), dtype) for _ in range(cfg.n_layers)]
         self.values = [np.zeros((B, H, T, D), dtype) for _ in range(cfg.n_layers)]
         self.acts = new_activations(cfg, B, 1, dtype, for_backward=False)
+        # every layer's step writes the same arrays: views of them for attend_step
+        heads = self.acts.layers[0].qkv.reshape(B, 3, H, D)
+        self.q = heads[:, 0, :, None, :]  # (B, H, 1, D)
+        self.k, self.v = heads[:, 1], heads[:, 2]  # (B, H, D) each
+        self.att = self.acts.layers[0].att.reshape(B, H, 1, D)  # the heads side by side
         self.row_ops = RowOps(B, cfg.d_model, dtype)
-        self.scale = 1.0 / math.sqrt(D)
+        self.weights = decode_weights(model.weights, H)  # the parameters must not change
         self.position = 0  # of the row being decoded
         self._full_attention = full_attention(cfg)
 
@@ -112,18 +147,17 @@ class DecodeCache:
 
     def attend_step(self, a, layer):
         """One new position per row: a.qkv (B, 3C) -> a.att (B, 1, C), its key and value
-        cached at self.position, attending to positions 0..self.position."""
-        B, H, D, _ = self.keys[layer].shape
+        cached at self.position, attending to positions 0..self.position (the queries come
+        scaled by 1/sqrt(D), see ``decode_weights``)."""
+        keys, values = self.keys[layer], self.values[layer]
         p, t = self.position, self.position + 1
-        heads = a.qkv.reshape(B, 3, H, D)
-        self.keys[layer][..., p] = heads[:, 1]  # keys (B, H, D, T) <- k (B, H, D)
-        self.values[layer][:, :, p] = heads[:, 2]  # values (B, H, T, D) <- v (B, H, D)
-        scores = np.matmul(heads[:, 0, :, None, :], self.keys[layer][..., :t])  # (B, H, 1, t)
-        scores *= self.scale
+        keys[..., p] = self.k  # keys (B, H, D, T) <- k (B, H, D): a view of a.qkv
+        values[:, :, p] = self.v  # values (B, H, T, D) <- v (B, H, D)
+        scores = np.matmul(self.q, keys[..., :t])  # (B, H, 1, t)
         scores -= np.maximum.reduce(scores, axis=-1, keepdims=True)
         np.exp(scores, out=scores)
         scores /= np.add.reduce(scores, axis=-1, keepdims=True)
-        np.matmul(scores, self.values[layer][:, :, :t], out=a.att.reshape(B, H, 1, D))
+        np.matmul(scores, values[:, :, :t], out=self.att)  # a.att
 
 
 def read_prompt(model, context, cache):
@@ -136,7 +170,7 @@ def decode_step(model, ids, position, cache):
     values cached for the positions before it (adding its own). The logits are the cache's
     array: the next step overwrites them."""
     cache.position = position
-    return transformer_forward(cache.row_ops, model.config, model.weights, ids[:, None],
+    return transformer_forward(cache.row_ops, model.config, cache.weights, ids[:, None],
                                position, cache.acts, cache.attend_step, model.rope)
 
 
