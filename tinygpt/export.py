@@ -52,7 +52,7 @@ class _HFFormat:
     # config.json keys that decide the forward pass: (transformers' default when absent, the
     # values tinygpt computes the same way; the first is written)
     fixed: dict
-    written: dict          # further keys written, that tinygpt does not read
+    written: dict          # further keys written (of these, tinygpt checks the rotary's)
     top: dict              # tinygpt parameter -> tensor name
     block: dict            # a block's parameter -> tensor name under block_prefix
     block_prefix: str      # with {i} the layer
@@ -432,8 +432,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("checkpoint",
                         help="a tinygpt checkpoint (.npz), safetensors file or hf directory")
     parser.add_argument("--format", required=True, choices=("safetensors", "hf"),
-                        help="safetensors: one file; hf: a transformers directory, GPT-2 for learned "
-                             "positions, GPT-NeoX for rotary ones")
+                        help="safetensors: one file; hf: a transformers directory, GPT-2 for "
+                             "learned positions, GPT-NeoX for rotary ones")
     parser.add_argument("--out", required=True, help="the file (safetensors) or directory (hf)")
     return parser
 
