@@ -36,8 +36,14 @@ class TrainConfig:
     seq_len: int = _setting(64, "characters per training sequence")
     lr: float = _setting(1e-3, "peak learning rate (linear warmup, then cosine decay to a tenth)")
     warmup_steps: int = _setting(100, "steps of linear learning-rate warmup")
-    weight_decay: float = _setting(0.01, "AdamW's decoupled weight decay (matrices and "
+    weight_decay: float = _setting(0.01, "decoupled weight decay (matrices and "
                                          "embeddings only)")
+    optimizer: str = _setting("adamw", "adamw, or muon: Muon (orthogonalised momentum) for the "
+                                       "blocks' matrices and AdamW for the rest, at one lr")
+    muon_momentum: float = _setting(0.95, "Muon's momentum (Nesterov), with --optimizer muon")
+    last_batch: str = _setting("keep", "an epoch's last, short batch: keep (a step on fewer "
+                                       "sequences) or drop (its few windows wait for the next "
+                                       "epoch's shuffle)")
     max_grad_norm: float = _setting(1.0, "clip the global gradient norm to this (0: no clipping)")
     ema_decay: float = _setting(0.0, "evaluate, sample and save a moving average of the weights "
                                      "with this decay per step (0: off, the raw weights)")
@@ -63,6 +69,10 @@ class TrainConfig:
             raise ValueError(f"lr must be a finite number > 0, got {self.lr!r}")
         if not self.ema_decay < 1:
             raise ValueError(f"ema_decay must lie in [0, 1), got {self.ema_decay!r}")
+        if not 0 <= self.muon_momentum < 1:
+            raise ValueError(f"muon_momentum must lie in [0, 1), got {self.muon_momentum!r}")
+        _one_of("optimizer", self.optimizer, ("adamw", "muon"))
+        _one_of("last_batch", self.last_batch, ("keep", "drop"))
 
 
 @dataclass(frozen=True)
@@ -75,7 +85,7 @@ class RunConfig(TrainConfig):
     seq_len: int = _setting(128, "characters per training sequence")
     lr: float = _setting(2.5e-3, "peak learning rate (the lab suggests 1e-3; 2.5e-3 reaches a "
                                  "lower val loss in the same time)")
-    weight_decay: float = _setting(0.1, "AdamW's decoupled weight decay (matrices and "
+    weight_decay: float = _setting(0.1, "decoupled weight decay (matrices and "
                                         "embeddings only)")
     ema_decay: float = _setting(0.998, "evaluate, sample and save a moving average of the "
                                        "weights with this decay per step (0: off)")
@@ -199,3 +209,8 @@ def _at_least(name, value, low):
     if value is not None and value < low:
         kind = "an integer" if isinstance(value, int) else "a number"
         raise ValueError(f"{name} must be {kind} >= {low}, got {value!r}")
+
+
+def _one_of(name, value, choices):
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
