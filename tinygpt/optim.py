@@ -1,6 +1,7 @@
 """AdamW and Muon over one flat parameter buffer, the weight average, the learning-rate schedule,
 and gradient clipping."""
 import math
+import re
 from contextlib import contextmanager
 
 import numpy as np
@@ -72,18 +73,18 @@ NEWTON_SCHULZ_STEPS = 5
 
 
 def hidden_matrices(shapes):
-    """The matrices Muon trains: every 2-D parameter inside a block (a name starting with "h"),
-    as [(name, offset in the flat buffer, shape)]; ``shapes`` is the model's [(name, shape)] in
-    buffer order. Embeddings, the head, biases and LayerNorm gains stay with AdamW."""
+    """The matrices Muon trains: every 2-D parameter inside a block (named "h{i}.*"), as
+    [(name, offset in the flat buffer, shape)]; ``shapes`` is the model's [(name, shape)] in
+    buffer order. Embeddings, the head (head_w), biases and LayerNorm gains stay with AdamW."""
     matrices, offset = [], 0
     for name, shape in shapes:
-        if len(shape) == 2 and name.startswith("h"):
+        if len(shape) == 2 and re.match(r"h\d+\.", name):
             matrices.append((name, offset, tuple(shape)))
         offset += math.prod(shape)
     return matrices
 
 
-class _NewtonSchulz:
+class NewtonSchulz:
     """Scratch for orthogonalising one shape of matrix; ``__call__(g, out)`` writes into out
     (g's shape) an approximation of U V^T, where g = U S V^T.
 
@@ -143,7 +144,7 @@ class Muon:
                 raise ValueError(f"matrix {name} overlaps another or lies outside the buffer")
             in_matrix[offset:offset + size] = True
             if shape not in solvers:
-                solvers[shape] = _NewtonSchulz(shape, params.dtype)
+                solvers[shape] = NewtonSchulz(shape, params.dtype)
             views = (a[o:o + size].reshape(shape) for a, o in ((params, offset), (grads, offset),
                                                               (self.momentum, start)))
             self._matrices.append((*views, solvers[shape], self.RMS * math.sqrt(max(shape))))
