@@ -19,7 +19,7 @@ import math
 import numpy as np
 import pytest
 
-from tinygpt import data, ops, train
+from tinygpt import config, data, ops, train
 
 SEQ_LEN, BATCH = 16, 4
 TEXT_CHARS = 260  # 234 training characters: 13 windows of 16, batches of 4, 4, 4 and 1
@@ -189,8 +189,21 @@ def forget_new_settings(out):
     (out / "ckpt.npz").write_bytes(buffer.getvalue())
 
 
+@dataclasses.dataclass(frozen=True)
+class MuonByDefault(config.RunConfig):
+    """The command line's settings if Muon and dropping became its defaults."""
+    optimizer: str = config._setting("muon", "")
+    last_batch: str = config._setting("drop", "")
+
+
 @pytest.mark.parametrize("recipe", [ADAMW_KEEP], indirect=True, ids=recipe_id)
-def test_a_checkpoint_from_before_muon_resumes(tmp_path, text_file, recipe, uninterrupted,
-                                               capsys):
-    stop_and_resume(text_file, tmp_path, recipe, 3, capsys, before_resume=forget_new_settings)
+def test_a_checkpoint_from_before_muon_resumes_as_it_ran(tmp_path, text_file, recipe,
+                                                         uninterrupted, capsys, monkeypatch):
+    """Even after the defaults change: a checkpoint that does not name its optimizer and
+    last-batch rule ran AdamW and kept the short batches."""
+    def before_resume(out):
+        forget_new_settings(out)
+        monkeypatch.setattr(train, "RunConfig", MuonByDefault)
+
+    stop_and_resume(text_file, tmp_path, recipe, 3, capsys, before_resume=before_resume)
     assert_same_run(tmp_path, uninterrupted, recipe)
