@@ -66,8 +66,9 @@ class AdamW:
         self.t = int(state["t"])
 
 
-# the quintic Newton-Schulz iteration's coefficients (Keller Jordan's Muon): X <- a X + (b A + c A^2) X
-# with A = X X^T pushes every singular value of X in (0, 1] into roughly [0.7, 1.2] in five steps
+# the quintic Newton-Schulz iteration's coefficients (Keller Jordan's Muon): X <- a X + (b A +
+# c A^2) X with A = X X^T pushes the singular values of X in (0, 1], all but the tiniest, into roughly
+# [0.7, 1.2] in five steps, and keeps the singular vectors
 NEWTON_SCHULZ = (3.4445, -4.7750, 2.0315)
 NEWTON_SCHULZ_STEPS = 5
 
@@ -162,18 +163,18 @@ class Muon:
         np.take(self.grads, self._other, out=adamw.grads)
         adamw.step(lr)
         self.params[self._other] = adamw.params
-        for w, g, m, orthogonalise, scale in self._matrices:
-            u, s = self._scratch[w.shape]
-            np.multiply(g, 1.0 - mu, out=u)
-            m *= mu
-            m += u                      # M = mu M + (1 - mu) G
-            np.multiply(m, mu, out=s)
-            u += s                      # U = (1 - mu) G + mu M
-            with one_blas_thread():     # faster for these small products on a busy machine,
-                orthogonalise(u, out=u)  # and the same bits whatever the thread count
-            w *= 1.0 - lr * self.weight_decay
-            u *= lr * scale
-            w -= u
+        with one_blas_thread():  # faster for these small products on a busy machine, and the
+            for w, g, m, orthogonalise, scale in self._matrices:  # same bits on any thread count
+                u, s = self._scratch[w.shape]
+                np.multiply(g, 1.0 - mu, out=u)
+                m *= mu
+                m += u                      # M = mu M + (1 - mu) G
+                np.multiply(m, mu, out=s)
+                u += s                      # U = (1 - mu) G + mu M
+                orthogonalise(u, out=u)
+                w *= 1.0 - lr * self.weight_decay
+                u *= lr * scale
+                w -= u
 
     def state(self):
         """AdamW's moments and step count (for the other elements) and the matrices' momentum."""
