@@ -134,15 +134,16 @@ def reference_orthogonalise(g, steps=5):
 
 def test_muon_steps_match_the_written_out_formula():
     """Two matrices (one tall) and four other elements in one flat float64 buffer, three steps
-    at changing learning rates: the matrices follow Muon's formula, the rest AdamW's."""
+    at changing learning rates: the matrices follow Muon's formula at 1.5 times the learning
+    rate, the rest AdamW's at the learning rate."""
     rng = np.random.default_rng(0)
     params = rng.normal(size=2 + 15 + 2 + 24)
     grads = np.zeros_like(params)
     mask = np.zeros_like(params)
     mask[:2] = 1.0  # "a" decays, "b" does not
     matrices = [("w1", 2, (3, 5)), ("w2", 19, (6, 4))]
-    mu, wd = 0.9, 0.1
-    muon = Muon(params, grads, mask, matrices, momentum=mu, weight_decay=wd)
+    mu, wd, ratio = 0.9, 0.1, 1.5
+    muon = Muon(params, grads, mask, matrices, momentum=mu, lr_ratio=ratio, weight_decay=wd)
     adamw_params = params.copy()
     adamw = AdamW(adamw_params, grads, mask, weight_decay=wd)
     expected = params.copy()
@@ -158,7 +159,8 @@ def test_muon_steps_match_the_written_out_formula():
             g = grads[offset:offset + size].reshape(shape)
             momentum[name] = mu * momentum[name] + (1 - mu) * g
             update = reference_orthogonalise((1 - mu) * g + mu * momentum[name])
-            w[...] = w * (1 - lr * wd) - lr * 0.2 * math.sqrt(max(shape)) * update
+            matrix_lr = ratio * lr
+            w[...] = w * (1 - matrix_lr * wd) - matrix_lr * 0.2 * math.sqrt(max(shape)) * update
         other = np.r_[0:2, 17:19]  # the layout: a (2,), w1 (3, 5), b (2,), w2 (6, 4)
         expected[other] = adamw_params[other]
         np.testing.assert_allclose(params, expected, rtol=1e-10, atol=1e-12)
@@ -224,5 +226,7 @@ def test_muon_rejects_bad_settings():
         Muon(params, params.copy(), params.copy(), [("w", 0, (2, 2)), ("v", 3, (2, 2))])
     with pytest.raises(ValueError, match="outside"):
         Muon(params, params.copy(), params.copy(), [("w", 8, (2, 2))])
+    with pytest.raises(ValueError, match="lr_ratio"):
+        Muon(params, params.copy(), params.copy(), [("w", 0, (2, 2))], lr_ratio=0.0)
     with pytest.raises(ValueError, match="weight_decay"):
         Muon(params, params.copy(), params.copy(), [("w", 0, (2, 2))], weight_decay=-1.0)

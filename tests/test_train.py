@@ -5,6 +5,7 @@ import pytest
 
 from tinygpt import CharTokenizer, TinyGPT, Trainer, TrainConfig, evaluate, ops, train_model
 from tinygpt.data import split
+from tinygpt.optim import AdamW, Muon
 
 
 def test_training_smoke_lowers_val_loss_by_more_than_a_nat(shakespeare_text):
@@ -36,6 +37,16 @@ def test_epochs_set_the_step_count_and_the_callback_sees_every_step(last_batch, 
     assert history["step"][-1] == 2 * per_epoch
     assert seen == history["step"]
     assert history["val_loss"] == []
+
+
+def test_the_optimizer_settings_reach_the_optimizer():
+    tokens = np.zeros(100, dtype=int)
+    model = TinyGPT(5, d_model=8, n_heads=2, n_layers=1, max_seq_len=16)
+    options = dict(seq_len=16, lr=2e-3, muon_lr=5e-3, muon_momentum=0.9)
+    assert isinstance(Trainer(model, tokens, TrainConfig(**options)).optimizer, AdamW)
+    muon = Trainer(model, tokens, TrainConfig(optimizer="muon", **options)).optimizer
+    assert isinstance(muon, Muon) and (muon.lr_ratio, muon.mu) == (2.5, 0.9)
+    assert Trainer(model, tokens, TrainConfig(optimizer="muon", seq_len=16)).optimizer.lr_ratio == 1
 
 
 def test_muon_training_is_bitwise_identical_on_one_and_two_threads():
@@ -120,6 +131,7 @@ def test_non_finite_loss_stops_the_run():
     (dict(batch_size=2.5), "batch_size must be an integer"),
     (dict(optimizer="sgd"), "optimizer must be one of adamw, muon; got 'sgd'"),
     (dict(muon_momentum=1.0), "muon_momentum must lie in"),
+    (dict(muon_lr=0.0), "muon_lr must be a finite number > 0"),
     (dict(last_batch="fill"), "last_batch must be one of keep, drop"),
     (dict(batch_size=31, last_batch="drop"), "30 windows of 16, fewer than batch_size 31"),
 ])

@@ -41,6 +41,9 @@ class TrainConfig:
     optimizer: str = _setting("adamw", "adamw, or muon: Muon (orthogonalised momentum) for the "
                                        "blocks' matrices and AdamW for the rest, at one lr")
     muon_momentum: float = _setting(0.95, "Muon's momentum (Nesterov), with --optimizer muon")
+    muon_lr: typing.Optional[float] = _setting(
+        None, "peak learning rate of Muon's matrices, on lr's schedule (default: lr; Muon's "
+              "update is scaled to AdamW's RMS)")
     last_batch: str = _setting("keep", "an epoch's last, short batch: keep (a step on fewer "
                                        "sequences) or drop (its few windows wait for the next "
                                        "epoch's shuffle)")
@@ -65,8 +68,10 @@ class TrainConfig:
             _at_least(name, getattr(self, name), 1)
         for name in ("warmup_steps", "weight_decay", "max_grad_norm", "ema_decay"):
             _at_least(name, getattr(self, name), 0)
-        if not self.lr > 0:
-            raise ValueError(f"lr must be a finite number > 0, got {self.lr!r}")
+        for name in ("lr", "muon_lr"):
+            if getattr(self, name) is not None and not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be a finite number > 0, got "
+                                 f"{getattr(self, name)!r}")
         if not self.ema_decay < 1:
             raise ValueError(f"ema_decay must lie in [0, 1), got {self.ema_decay!r}")
         if not 0 <= self.muon_momentum < 1:

@@ -122,20 +122,23 @@ class Muon:
 
     Each matrix W (fan_in, fan_out) with gradient G keeps a momentum buffer M:
         M = mu M + (1 - mu) G;  U = (1 - mu) G + mu M           (Nesterov)
-        W *= 1 - lr wd;  W -= lr * 0.2 sqrt(max(fan_in, fan_out)) * orthogonalise(U)
-    The factor gives the update an RMS of about 0.2, AdamW's, so one learning rate serves both
-    groups (Moonlight's scaling). The other elements take exactly AdamW's update (with
-    ``decay_mask``'s weight decay); ``matrices`` is [(name, offset, shape)], see hidden_matrices.
+        W *= 1 - r lr wd;  W -= r lr * 0.2 sqrt(max(fan_in, fan_out)) * orthogonalise(U)
+    The factor gives the update an RMS of about 0.2, AdamW's, so one learning rate can serve both
+    groups (Moonlight's scaling); ``lr_ratio`` r sets the matrices' own. The other elements take
+    exactly AdamW's update at lr (with ``decay_mask``'s weight decay); ``matrices`` is
+    [(name, offset, shape)], see hidden_matrices.
     """
 
     RMS = 0.2  # the update's target RMS, per unit of learning rate
 
-    def __init__(self, params, grads, decay_mask, matrices, momentum=0.95, weight_decay=0.01,
-                 **adamw_options):
+    def __init__(self, params, grads, decay_mask, matrices, momentum=0.95, lr_ratio=1.0,
+                 weight_decay=0.01, **adamw_options):
         if not 0.0 <= momentum < 1.0:
             raise ValueError(f"Muon's momentum must lie in [0, 1), got {momentum}")
+        if not lr_ratio > 0:
+            raise ValueError(f"Muon's lr_ratio must be > 0, got {lr_ratio}")
         self.params, self.grads = params, grads
-        self.mu, self.weight_decay = momentum, weight_decay
+        self.mu, self.lr_ratio, self.weight_decay = momentum, lr_ratio, weight_decay
         in_matrix = np.zeros(params.shape, dtype=bool)
         sizes = [math.prod(shape) for _, _, shape in matrices]
         self.momentum = np.zeros(sum(sizes), dtype=params.dtype)
@@ -163,6 +166,7 @@ class Muon:
         np.take(self.grads, self._other, out=adamw.grads)
         adamw.step(lr)
         self.params[self._other] = adamw.params
+        lr *= self.lr_ratio
         with one_blas_thread():  # faster for these small products on a busy machine, and the
             for w, g, m, orthogonalise, scale in self._matrices:  # same bits on any thread count
                 u, s = self._scratch[w.shape]

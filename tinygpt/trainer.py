@@ -69,6 +69,7 @@ class Trainer:
         if config.optimizer == "muon":
             self.optimizer = Muon(model.params, model.grads, model.decay_mask(),
                                   hidden_matrices(model.shapes), momentum=config.muon_momentum,
+                                  lr_ratio=(config.muon_lr or config.lr) / config.lr,
                                   weight_decay=config.weight_decay)
         else:
             self.optimizer = AdamW(model.params, model.grads, model.decay_mask(),
@@ -261,7 +262,7 @@ def train_model(model: TinyGPT, train_data, epochs: int = TrainConfig.epochs,
     One epoch is one pass over train_data in shuffled non-overlapping windows from a random
     offset. ``options`` are the other TrainConfig settings: warmup_steps=100,
     weight_decay=0.01, optimizer="adamw" ("muon": Muon for the blocks' matrices),
-    muon_momentum=0.95, last_batch="keep" ("drop": no short batch at an epoch's end),
+    muon_momentum=0.95, muon_lr=lr, last_batch="keep" ("drop": no short batch at an epoch's end),
     max_grad_norm=1.0, ema_decay=0 (> 0: evaluate an exponential moving
     average of the weights, and leave it in the model), eval_interval (default: a tenth of the
     run), eval_batches (default: the whole of val_data), max_steps (replaces the epoch count),
