@@ -39,7 +39,7 @@ class TrainConfig:
     weight_decay: float = _setting(0.01, "decoupled weight decay (matrices and "
                                          "embeddings only)")
     optimizer: str = _setting("adamw", "adamw, or muon: Muon (orthogonalised momentum) for the "
-                                       "blocks' matrices and AdamW for the rest, at one lr")
+                                       "blocks' matrices, AdamW for the rest")
     muon_momentum: float = _setting(0.95, "Muon's momentum (Nesterov), with --optimizer muon")
     muon_lr: typing.Optional[float] = _setting(
         None, "peak learning rate of Muon's matrices, on lr's schedule (default: lr; Muon's "

@@ -177,8 +177,8 @@ class Trainer:
         return loss
 
     def train_step(self, x, y):
-        """Gradients of the global batch (x, y), clip, optimizer step: returns (loss, lr, grad norm
-        before clipping). With several ranks, every rank sees the same summed loss and the
+        """Gradients of the global batch (x, y), clip, optimizer step: returns (loss, lr, grad
+        norm before clipping). With several ranks, every rank sees the same summed loss and the
         same stop request, so all of them stop, or fail, at the same step."""
         loss = self._gradients(x, y)
         if self.group.size > 1:
