@@ -23,6 +23,9 @@ from .trainer import Trainer
 
 CLI_ONLY = ("config", "resume")  # flags that are not settings
 OUTPUTS = ("ckpt.npz", "best.npz", "history.json", "loss.png", "samples.txt")  # in --out-dir
+# what runs did before these settings existed: a checkpoint that lacks one resumes with this
+# value, whatever the default has become since
+BEFORE_THE_SETTING = {"optimizer": "adamw", "last_batch": "keep"}
 
 
 def flag(name):
@@ -254,7 +257,8 @@ def _resume(requested):
     saved_model, tokenizer, meta, optim = load_checkpoint(path)
     if optim is None or "config" not in meta["extra"]:
         raise ValueError(f"{path} holds no training run to resume")
-    saved = RunConfig.from_dict(meta["extra"]["config"], source=str(path))
+    saved = RunConfig.from_dict({**BEFORE_THE_SETTING, **meta["extra"]["config"]},
+                                source=str(path))
     for name, value in requested.items():
         if value != getattr(saved, name) and not resumable(name):
             raise ValueError(f"{flag(name)} cannot change when resuming (the run in {path} has "
