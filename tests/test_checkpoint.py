@@ -35,6 +35,17 @@ def test_round_trip_gives_identical_logits_and_optimizer_state(tmp_path):
         assert "params" in f.files
 
 
+@pytest.mark.parametrize("arch", [dict(position="rotary"), dict(mlp="relu2")])
+def test_a_checkpoint_records_the_architecture_options(tmp_path, arch):
+    model = TinyGPT(5, d_model=8, n_heads=2, n_layers=1, max_seq_len=8, seed=1, **arch)
+    path = tmp_path / "ckpt.npz"
+    save_checkpoint(path, model, CharTokenizer("abcde"))
+    loaded, _, _, _ = load_checkpoint(path)
+    assert loaded.config == model.config
+    x = np.array([[1, 2, 3, 4]])
+    np.testing.assert_array_equal(loaded.forward(x), model.forward(x))
+
+
 def test_with_a_weight_average_params_are_the_average_and_the_trained_weights_ride_along(tmp_path):
     model, tok = make()
     opt = AdamW(model.params, model.grads, model.decay_mask())

@@ -17,6 +17,7 @@ def test_train_model_keeps_the_labs_defaults_and_they_are_trainconfigs():
     config = TrainConfig()
     assert {name: getattr(config, name) for name in defaults} == defaults
     assert (config.weight_decay, config.ema_decay, config.warmup_steps) == (0.01, 0.0, 100)
+    assert (config.optimizer, config.last_batch) == ("adamw", "keep")  # the lab's behaviour
 
 
 def test_the_command_lines_defaults_are_the_measured_recipe():
@@ -24,9 +25,10 @@ def test_the_command_lines_defaults_are_the_measured_recipe():
     assert (config.epochs, config.batch_size, config.seq_len, config.lr) == (12, 16, 128, 2.5e-3)
     assert (config.d_model, config.n_heads, config.n_layers) == (128, 4, 5)
     assert (config.weight_decay, config.ema_decay) == (0.1, 0.998)
+    assert (config.optimizer, config.muon_lr, config.last_batch) == ("adamw", 5e-3, "keep")
     assert config.model_max_seq_len == 128
     assert config.train_config() == TrainConfig(epochs=12, batch_size=16, seq_len=128, lr=2.5e-3,
-                                                weight_decay=0.1, ema_decay=0.998)
+                                                weight_decay=0.1, ema_decay=0.998, muon_lr=5e-3)
 
 
 def test_values_are_checked_once_with_messages_naming_the_setting():
@@ -34,7 +36,12 @@ def test_values_are_checked_once_with_messages_naming_the_setting():
                        (dict(threads=0), "threads"), (dict(dropout=1.0), "dropout"),
                        (dict(seq_len=256, max_seq_len=128), "max_seq_len"),
                        (dict(prompt=3), "prompt must be a string"),
-                       (dict(epochs=True), "epochs must be an integer")]:
+                       (dict(epochs=True), "epochs must be an integer"),
+                       (dict(position="alibi"), "position must be one of learned, rotary"),
+                       (dict(mlp="swiglu"), "mlp must be one of gelu, relu2"),
+                       (dict(optimizer="Muon"), "optimizer must be one of adamw, muon"),
+                       (dict(muon_momentum=-0.1), "muon_momentum must lie in"),
+                       (dict(last_batch=None), "last_batch must be a string")]:
         with pytest.raises(ValueError, match=match):
             RunConfig(**bad)
     with pytest.raises(ValueError, match="unknown setting 'batchsize'"):
@@ -63,4 +70,5 @@ def test_every_setting_is_a_flag_in_both_spellings_and_resumability_is_declared(
         assert "--" + field.name in help_text, field.name
         assert isinstance(resumable(field.name), bool)
     assert resumable("max_steps") and resumable("threads") and resumable("epochs")
-    assert not any(resumable(name) for name in ("lr", "d_model", "data", "seed", "batch_size"))
+    assert not any(resumable(name) for name in ("lr", "d_model", "data", "seed", "batch_size",
+                                                "optimizer", "muon_momentum", "last_batch"))

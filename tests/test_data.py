@@ -115,6 +115,36 @@ def test_epoch_windows_are_shifted_pairs_that_never_overlap(n_tokens, seq_len):
     assert ys.max() < n_tokens
 
 
+@pytest.mark.parametrize("n_windows,batch_size", [(13, 4), (12, 4), (4, 4)])
+def test_dropping_the_last_batch_keeps_only_full_batches_and_the_same_shuffles(n_windows,
+                                                                                batch_size):
+    """keep: every window once, the last batch short when the windows do not divide. drop: the
+    full batches only, the same windows in the same order, and the generator left where keep
+    leaves it, so the next epoch is the same in both modes."""
+    seq_len = 8
+    tokens = np.arange((n_windows + 1) * seq_len + 3)  # n_windows, and room for an offset
+    epochs = {}
+    for drop_last in (False, True):
+        rng = np.random.default_rng(0)
+        batches = list(data.epoch_batches(tokens, batch_size, seq_len, rng, drop_last))
+        assert len(batches) == data.batches_per_epoch(len(tokens), batch_size, seq_len, drop_last)
+        epochs[drop_last] = ([len(x) for x, _ in batches],
+                             np.concatenate([x[:, 0] for x, _ in batches]), rng.random())
+    (kept_sizes, kept, kept_next), (dropped_sizes, dropped, dropped_next) = epochs.values()
+    full, rest = divmod(n_windows, batch_size)
+    assert kept_sizes == [batch_size] * full + ([rest] if rest else [])
+    assert dropped_sizes == [batch_size] * full
+    assert len(np.unique(kept)) == n_windows  # no window lost or repeated
+    np.testing.assert_array_equal(dropped, kept[:full * batch_size])
+    assert dropped_next == kept_next
+
+
+def test_dropping_the_only_short_batch_is_an_error():
+    with pytest.raises(ValueError, match="32 tokens give 3 windows of 8, fewer than batch_size 4"):
+        data.batches_per_epoch(4 * 8, 4, 8, drop_last=True)
+    assert data.batches_per_epoch(4 * 8, 4, 8) == 1
+
+
 def test_epochs_differ_in_order_and_offset():
     tokens = np.arange(10_000)
     rng = np.random.default_rng(0)

@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tinygpt import TinyGPT
-from tinygpt import model as model_module
+from tinygpt import generate as generate_module
 from tinygpt.model import _views
 from tinygpt.optim import AdamW
 
@@ -33,8 +33,16 @@ def numerical_gradient(model, x, y, eps=1e-6):
     return grad
 
 
-def test_gradient_matches_finite_differences(backend):
-    model = tiny_model()
+# the architecture options: GPT-2's block (the default), and each option alone and together
+ARCHITECTURES = [dict(), dict(position="rotary"), dict(mlp="relu2"),
+                 dict(position="rotary", mlp="relu2")]
+ARCHITECTURE_IDS = ["gpt2", "rotary", "relu2", "rotary+relu2"]
+architectures = pytest.mark.parametrize("arch", ARCHITECTURES, ids=ARCHITECTURE_IDS)
+
+
+@architectures
+def test_gradient_matches_finite_differences(backend, arch):
+    model = tiny_model(**arch)
     rng = np.random.default_rng(0)
     x = rng.integers(0, 7, (2, 5))
     y = rng.integers(0, 7, (2, 5))
@@ -82,7 +90,7 @@ def test_dropout_masks_drop_at_the_rate_and_keep_the_mean():
     model = TinyGPT(11, d_model=32, n_heads=2, n_layers=1, max_seq_len=64, dropout=0.25)
     x = np.random.default_rng(0).integers(0, 11, (8, 64))
     model.loss(x, x, dropout_rng=np.random.default_rng(1))
-    mask = model._buffers["mask_emb"]
+    mask = model._training_arrays(8, 64)[0].mask_emb
     assert set(np.unique(mask)) == {0.0, np.float32(1 / 0.75)}
     assert abs((mask == 0).mean() - 0.25) < 0.02
     assert abs(mask.mean() - 1.0) < 0.03
@@ -174,6 +182,40 @@ def test_parameter_count_matches_gpt2_formula():
     assert model.num_parameters() == V * C + T * C + L * per_layer + 2 * C + C * V
     mask = model.decay_mask()
     assert mask.sum() == V * C + T * C + L * 12 * C * C + C * V  # matrices and embeddings only
+    # rotary positions have no position table; the MLP's activation has no parameters
+    rotary = TinyGPT(65, d_model=128, n_heads=4, n_layers=4, max_seq_len=128, position="rotary",
+                     mlp="relu2")
+    assert "wpe" not in rotary.p and rotary.weights.wpe is None
+    assert rotary.num_parameters() == model.num_parameters() - T * C
+
+
+def test_typed_views_are_the_named_views():
+    """model.weights and model.weight_grads view the same memory as model.p and model.g."""
+    model = TinyGPT(11, d_model=16, n_heads=4, n_layers=2, max_seq_len=8, position="rotary")
+    for typed, named in ((model.weights, model.p), (model.weight_grads, model.g)):
+        for i, block in enumerate(typed.blocks):
+            for field, view in vars(block).items():
+                assert view is named[f"h{i}.{field}"]
+        assert typed.wte is named["wte"] and typed.head_w is named["head_w"]
+
+
+def test_rotary_attention_depends_on_relative_positions_only():
+    """Rotating q and k by the angles of positions 4..8 instead of 0..4 leaves every attention
+    score, so the attention's output, unchanged: the angles grow linearly with the position,
+    and q and k turn by the same angle per position (a check of the tables' sign and layout
+    that a gradient check cannot make)."""
+    from tinygpt import reference
+    model = TinyGPT(7, d_model=16, n_heads=2, n_layers=1, max_seq_len=12, position="rotary",
+                    dtype=np.float64)
+    cos, sin = model.rope  # (12, D/2): angle t * 10000^(-2i/D)
+    assert cos.shape == (12, 4)
+    np.testing.assert_allclose(np.arctan2(sin[1], cos[1]), 10000.0 ** (-np.arange(4) / 4))
+    qkv = np.random.default_rng(2).normal(size=(1, 5, 3 * 16))
+    at_0 = reference.rotary_forward(qkv, 2, cos[:5], sin[:5])
+    at_4 = reference.rotary_forward(qkv, 2, cos[4:9], sin[4:9])
+    assert not np.allclose(at_0, at_4)
+    np.testing.assert_allclose(reference.attention_forward(at_0, 2)[0],
+                               reference.attention_forward(at_4, 2)[0], rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize("kwargs,match", [
@@ -186,6 +228,9 @@ def test_parameter_count_matches_gpt2_formula():
     (dict(vocab_size=65, dropout=1.0), "dropout"),
     (dict(vocab_size=65, dropout=-0.1), "dropout"),
     (dict(vocab_size=65, dropout="0.1"), "dropout"),
+    (dict(vocab_size=65, position="absolute"), "position"),
+    (dict(vocab_size=65, mlp="swiglu"), "mlp"),
+    (dict(vocab_size=65, d_model=12, n_heads=4, position="rotary"), "even head size"),
 ])
 def test_invalid_config_is_rejected(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -266,8 +311,9 @@ def test_generate_rejects_bad_arguments(kwargs):
     (5, 15, dict(top_p=0.8, temperature=0.7)),  # runs past max_seq_len: the window slides
     (9, 4, dict(temperature=0)),  # the prompt itself is longer than the window
 ])
-def test_kv_cache_generation_matches_full_recomputation(prompt_len, new, kwargs):
-    model = TinyGPT(11, d_model=16, n_heads=4, n_layers=2, max_seq_len=8, seed=2)
+@architectures
+def test_kv_cache_generation_matches_full_recomputation(prompt_len, new, kwargs, arch):
+    model = TinyGPT(11, d_model=16, n_heads=4, n_layers=2, max_seq_len=8, seed=2, **arch)
     prompt = np.random.default_rng(prompt_len).integers(0, 11, (2, prompt_len))
     for seed in range(3):
         cached = model.generate(prompt, new, seed=seed, use_cache=True, **kwargs)
@@ -275,14 +321,16 @@ def test_kv_cache_generation_matches_full_recomputation(prompt_len, new, kwargs)
         np.testing.assert_array_equal(cached, full)
 
 
+@architectures
 @pytest.mark.parametrize("batch,prompt_len", [(1, 1), (2, 3)])
 def test_cached_decoder_logits_equal_a_full_forward_at_every_position(backend, monkeypatch,
-                                                                      batch, prompt_len):
+                                                                      batch, prompt_len, arch):
     """Not only the sampled ids: the logits generate samples from at each step (the prompt's
-    forward, then one _decode_step per position up to max_seq_len, then the moved window read
+    forward, then one decode_step per position up to max_seq_len, then the moved window read
     again) equal a full forward's on the same context, in float64, to 1e-10 relative."""
     max_len, V = 20, 11
-    model = tiny_model(vocab_size=V, d_model=16, n_heads=2, n_layers=2, max_seq_len=max_len)
+    model = tiny_model(vocab_size=V, d_model=16, n_heads=2, n_layers=2, max_seq_len=max_len,
+                       **arch)
     rng = np.random.default_rng(batch)
     prompt = rng.integers(0, V, (batch, prompt_len))
     new = max_len - prompt_len + 4  # goes 4 tokens past max_seq_len: the window moves
@@ -293,14 +341,14 @@ def test_cached_decoder_logits_equal_a_full_forward_at_every_position(backend, m
         seen.append(logits.copy())
         return chosen[len(seen) - 1]
 
-    decode_step = model._decode_step
+    decode_step = generate_module.decode_step
 
-    def counting_decode_step(ids, position, kv_cache):
+    def counting_decode_step(model, ids, position, cache):
         positions.append(position)
-        return decode_step(ids, position, kv_cache)
+        return decode_step(model, ids, position, cache)
 
-    monkeypatch.setattr(model_module, "sample_next", sampler)
-    monkeypatch.setattr(model, "_decode_step", counting_decode_step)
+    monkeypatch.setattr(generate_module, "sample_next", sampler)
+    monkeypatch.setattr(generate_module, "decode_step", counting_decode_step)
     out = model.generate(prompt[0] if batch == 1 else prompt, new, use_cache=True)
     ids = np.concatenate([prompt, chosen.T], axis=1)
     np.testing.assert_array_equal(np.atleast_2d(out), ids)
@@ -325,7 +373,7 @@ def test_generate_streams_each_new_token():
 
 
 def test_top_p_samples_only_from_the_nucleus():
-    from tinygpt.model import sample_next
+    from tinygpt.generate import sample_next
 
     probs = np.array([[0.5, 0.3, 0.15, 0.05]])
     logits = np.log(np.repeat(probs, 2000, axis=0))
@@ -342,7 +390,7 @@ def test_top_p_samples_only_from_the_nucleus():
 def test_sample_next_draws_what_rng_choice_draws(kwargs):
     """One cumulative sum and one uniform per row, for all rows at once: the same ids, from the
     same generator state, as rng.choice(V, p=row) row by row, and one draw per row."""
-    from tinygpt.model import sample_next
+    from tinygpt.generate import sample_next
 
     settings = dict(temperature=1.0, top_k=None, top_p=None, repetition_penalty=1.0) | kwargs
     logits = np.random.default_rng(0).normal(0, 2.0, (64, 9))
@@ -376,7 +424,7 @@ def _sampling_probs(logits, seen, temperature, top_k, top_p, repetition_penalty)
 
 
 def test_sample_next_frequencies_follow_the_probabilities():
-    from tinygpt.model import sample_next
+    from tinygpt.generate import sample_next
 
     probs = np.array([0.5, 0.25, 0.15, 0.07, 0.03])
     logits = np.log(np.tile(probs, (40_000, 1)))

@@ -4,7 +4,7 @@ import pytest
 
 import tinygpt
 from tinygpt import CharTokenizer, TextGenerator, TinyGPT, save_checkpoint, save_safetensors
-from tinygpt.model import sample_next
+from tinygpt.generate import sample_next
 
 
 @pytest.fixture

@@ -3,8 +3,9 @@ import math
 import numpy as np
 import pytest
 
-from tinygpt import CharTokenizer, TinyGPT, Trainer, TrainConfig, evaluate, train_model
+from tinygpt import CharTokenizer, TinyGPT, Trainer, TrainConfig, evaluate, ops, train_model
 from tinygpt.data import split
+from tinygpt.optim import AdamW, Muon
 
 
 def test_training_smoke_lowers_val_loss_by_more_than_a_nat(shakespeare_text):
@@ -25,16 +26,51 @@ def test_training_smoke_lowers_val_loss_by_more_than_a_nat(shakespeare_text):
         assert len(history[key]) == 100 and all(v > 0 for v in history[key])
 
 
-def test_epochs_set_the_step_count_and_the_callback_sees_every_step():
+@pytest.mark.parametrize("last_batch,per_epoch", [("keep", 7), ("drop", 6)])
+def test_epochs_set_the_step_count_and_the_callback_sees_every_step(last_batch, per_epoch):
     tokens = np.random.default_rng(0).integers(0, 5, 1000)
     model = TinyGPT(5, d_model=8, n_heads=2, n_layers=1, max_seq_len=16)
     seen = []
     history = train_model(model, tokens, epochs=2, batch_size=10, seq_len=16,
-                          callback=lambda info: seen.append(info["step"]))
-    per_epoch = math.ceil(((1000 - 16) // 16) / 10)
+                          last_batch=last_batch, callback=lambda info: seen.append(info["step"]))
+    assert (1000 - 16) // 16 == 61  # windows per epoch: 6 full batches of 10 and one of 1
     assert history["step"][-1] == 2 * per_epoch
     assert seen == history["step"]
     assert history["val_loss"] == []
+
+
+def test_the_optimizer_settings_reach_the_optimizer():
+    tokens = np.zeros(100, dtype=int)
+    model = TinyGPT(5, d_model=8, n_heads=2, n_layers=1, max_seq_len=16)
+    options = dict(seq_len=16, lr=2e-3, muon_lr=5e-3, muon_momentum=0.9)
+    assert isinstance(Trainer(model, tokens, TrainConfig(**options)).optimizer, AdamW)
+    muon = Trainer(model, tokens, TrainConfig(optimizer="muon", **options)).optimizer
+    assert isinstance(muon, Muon) and (muon.lr_ratio, muon.mu) == (2.5, 0.9)
+    assert Trainer(model, tokens, TrainConfig(optimizer="muon", seq_len=16)).optimizer.lr_ratio == 1
+
+
+def test_muon_training_is_bitwise_identical_on_one_and_two_threads():
+    """Muon (and dropping the short batch, past an epoch's end): batches of 8 x 48 = 384 rows,
+    which the kernels share between two threads. One thread, two, and one again give the same
+    bits, and the loss falls."""
+    tokens = np.arange(5000) * 3 % 11  # a pattern to learn; 103 windows of 48: 12 batches
+    previous, runs = ops.get_num_threads(), []
+    try:
+        for n in (1, 2, 1):
+            ops.set_num_threads(n)
+            model = TinyGPT(11, d_model=32, n_heads=4, n_layers=2, max_seq_len=48)
+            history = train_model(model, tokens, batch_size=8, seq_len=48, max_steps=14,
+                                  lr=1e-2, warmup_steps=3, optimizer="muon", last_batch="drop",
+                                  progress=False)
+            runs.append((model.params.copy(), history))
+    finally:
+        ops.set_num_threads(previous)
+    (params, history), others = runs[0], runs[1:]
+    assert history["train_loss"][-1] < history["train_loss"][0] - 0.5
+    for other_params, other in others:
+        np.testing.assert_array_equal(other_params, params)
+        for key in ("train_loss", "grad_norm", "lr"):
+            assert other[key] == history[key], key
 
 
 def test_same_seed_gives_the_same_run():
@@ -93,6 +129,11 @@ def test_non_finite_loss_stops_the_run():
     (dict(ema_decay=-0.5), "ema_decay"),
     (dict(ema_decay=1.0), "ema_decay must lie in"),
     (dict(batch_size=2.5), "batch_size must be an integer"),
+    (dict(optimizer="sgd"), "optimizer must be one of adamw, muon; got 'sgd'"),
+    (dict(muon_momentum=1.0), "muon_momentum must lie in"),
+    (dict(muon_lr=0.0), "muon_lr must be a finite number > 0"),
+    (dict(last_batch="fill"), "last_batch must be one of keep, drop"),
+    (dict(batch_size=31, last_batch="drop"), "30 windows of 16, fewer than batch_size 31"),
 ])
 def test_bad_arguments_are_rejected(kwargs, match):
     tokens = np.random.default_rng(0).integers(0, 5, 500)

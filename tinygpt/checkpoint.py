@@ -27,8 +27,7 @@ def save_checkpoint(path, model: TinyGPT, tokenizer: CharTokenizer, optimizer=No
     """
     meta = {
         "format_version": FORMAT_VERSION,
-        "config": {k: float(v) if k == "dropout" else int(v)
-                   for k, v in vars(model.config).items()},
+        "config": model.config.to_dict(),
         "dtype": model.dtype.name,
         "step": int(step),
         "extra": extra or {},

@@ -13,7 +13,7 @@ COMMANDS = {
     "train": "train a model (checkpoints, samples, loss plot; --resume continues a run)",
     "sample": "generate text from a checkpoint or exported model",
     "eval": "loss, perplexity and bits per character on the validation split or any text",
-    "export": "write a checkpoint as safetensors or as a Hugging Face GPT-2 directory",
+    "export": "write a checkpoint as safetensors or a Hugging Face (GPT-2 or NeoX) directory",
     "plot": "redraw OUT_DIR/loss.png from OUT_DIR/history.json",
     "prepare": "encode a large text file into a token directory to train from disk",
 }

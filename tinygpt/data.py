@@ -135,19 +135,33 @@ def _gather(data, index):
     return chunk
 
 
-def epoch_batches(data, batch_size, seq_len, rng):
+def batches_per_epoch(n_tokens, batch_size, seq_len, drop_last=False):
+    """Batches per epoch: enough for every window, or with ``drop_last`` only the full ones
+    (a ValueError when there is none)."""
+    n_windows = windows_per_epoch(n_tokens, seq_len)
+    if not drop_last:
+        return -(-n_windows // batch_size)
+    if n_windows < batch_size:
+        raise ValueError(f"dropping the last batch leaves none: {n_tokens} tokens give "
+                         f"{n_windows} windows of {seq_len}, fewer than batch_size {batch_size}")
+    return n_windows // batch_size
+
+
+def epoch_batches(data, batch_size, seq_len, rng, drop_last=False):
     """One epoch: shuffled non-overlapping windows from a random offset, in batches.
 
     Yields (x, y) int64 pairs of shape (b, seq_len), y = x shifted by one; b = batch_size except
-    maybe the last batch. The offset and the order come from ``rng``.
+    maybe the last batch, which ``drop_last`` leaves out (its windows, a different few in each
+    epoch, are not seen that epoch). The offset and the order come from ``rng``.
     """
     n_windows = windows_per_epoch(len(data), seq_len)
+    n_batches = batches_per_epoch(len(data), batch_size, seq_len, drop_last)
     slack = len(data) - 1 - n_windows * seq_len  # room left for the offset, >= 0
     offset = int(rng.integers(0, slack + 1))
     starts = offset + seq_len * rng.permutation(n_windows)
     window = np.arange(seq_len + 1)
-    for i in range(0, n_windows, batch_size):  # a batch's windows at a time: data may be a memmap
-        chunk = _gather(data, starts[i:i + batch_size, None] + window)
+    for i in range(n_batches):  # a batch's windows at a time: data may be a memmap
+        chunk = _gather(data, starts[i * batch_size:(i + 1) * batch_size, None] + window)
         yield chunk[:, :-1], chunk[:, 1:]
 
 

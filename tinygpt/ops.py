@@ -330,6 +330,21 @@ def gelu_backward(dout, x, *, out=None):
     return _elementwise("gelu_backward", (dout, x), out)
 
 
+def relu2_forward(x, *, out=None):
+    """Squared ReLU, elementwise: x (any shape) -> out (same shape) = max(x, 0)^2."""
+    (x,) = _float_arrays(x=x)
+    _expect_out(out, [("out", x.shape)], x.dtype, (x,))
+    return _run("relu2_forward", x, out=out)
+
+
+def relu2_backward(dout, x, *, out=None):
+    """dout, then forward's x (same shape) -> dx."""
+    dout, x = _float_arrays(dout=dout, x=x)
+    _expect_shape("dout", dout, x.shape)
+    _expect_out(out, [("dx", x.shape)], x.dtype, (dout, x))
+    return _run("relu2_backward", dout, x, out=out)
+
+
 def _expect_qkv(qkv, n_heads):
     """qkv (B, T, 3C) with C divisible by n_heads; returns (B, T, C)."""
     _expect_ndim("qkv", qkv, 3)
@@ -361,6 +376,30 @@ def attention_backward(dout, qkv, att, lse, n_heads, *, out=None):
     _expect_shape("lse", lse, (B, n_heads, T))
     _expect_out(out, [("dqkv", qkv.shape)], qkv.dtype, (dout, qkv, att, lse))
     return _run("attention_backward", (dout, qkv, att, lse, int(n_heads)), out, [qkv.shape])
+
+
+def _rotary(op, qkv, n_heads, cos, sin):
+    """Check a rotary op's arguments, then rotate q and k of qkv in place."""
+    if not isinstance(qkv, np.ndarray) or not (qkv.flags.c_contiguous and qkv.flags.writeable):
+        raise ValueError("qkv must be a writeable C-contiguous numpy array (rotated in place)")
+    qkv, cos, sin = _float_arrays(qkv=qkv, cos=cos, sin=sin)
+    B, T, C = _expect_qkv(qkv, n_heads)
+    if (C // n_heads) % 2:
+        raise ValueError(f"rotary positions need an even head size, got {C // n_heads}")
+    _expect_shape("cos", cos, (T, C // n_heads // 2))
+    _expect_shape("sin", sin, (T, C // n_heads // 2))
+    return _run(op, qkv, int(n_heads), cos, sin, out=qkv)
+
+
+def rotary_forward(qkv, n_heads, cos, sin):
+    """Rotary positions, in place: qkv (B, T, 3C) = [q | k | v], cos and sin (T, D/2) of each
+    row's angles -> qkv with every head of q and k rotated (reference.rotary_forward)."""
+    return _rotary("rotary_forward", qkv, n_heads, cos, sin)
+
+
+def rotary_backward(dqkv, n_heads, cos, sin):
+    """dqkv (B, T, 3C) at rotary_forward's output -> at its input, in place; forward's cos, sin."""
+    return _rotary("rotary_backward", dqkv, n_heads, cos, sin)
 
 
 def softmax_cross_entropy(logits, targets, *, out=None):

@@ -1,9 +1,12 @@
-"""AdamW over one flat parameter buffer, the weight average, the learning-rate schedule, and
-gradient clipping."""
+"""AdamW and Muon over one flat parameter buffer, the weight average, the learning-rate schedule,
+and gradient clipping."""
 import math
+import re
 from contextlib import contextmanager
 
 import numpy as np
+
+from .blas_threads import one_blas_thread
 
 
 class AdamW:
@@ -61,6 +64,134 @@ class AdamW:
                                  f"expected {self.params.shape}")
             getattr(self, name)[...] = state[name]
         self.t = int(state["t"])
+
+
+# the quintic Newton-Schulz iteration's coefficients (Keller Jordan's Muon): X <- a X + (b A +
+# c A^2) X with A = X X^T pushes the singular values of X in (0, 1], all but the tiniest, into roughly
+# [0.7, 1.2] in five steps, and keeps the singular vectors
+NEWTON_SCHULZ = (3.4445, -4.7750, 2.0315)
+NEWTON_SCHULZ_STEPS = 5
+
+
+def hidden_matrices(shapes):
+    """The matrices Muon trains: every 2-D parameter inside a block (named "h{i}.*"), as
+    [(name, offset in the flat buffer, shape)]; ``shapes`` is the model's [(name, shape)] in
+    buffer order. Embeddings, the head (head_w), biases and LayerNorm gains stay with AdamW."""
+    matrices, offset = [], 0
+    for name, shape in shapes:
+        if len(shape) == 2 and re.match(r"h\d+\.", name):
+            matrices.append((name, offset, tuple(shape)))
+        offset += math.prod(shape)
+    return matrices
+
+
+class NewtonSchulz:
+    """Scratch for orthogonalising one shape of matrix; ``__call__(g, out)`` writes into out
+    (g's shape) an approximation of U V^T, where g = U S V^T.
+
+    g / (||g||_F + eps) has spectral norm <= 1; the iteration runs on the wide orientation
+    (rows <= cols, transposing a tall g) so that A = X X^T is the smaller Gram matrix."""
+
+    def __init__(self, shape, dtype, eps=1e-7):
+        rows, cols = shape
+        self.tall = rows > cols
+        small, large = sorted(shape)
+        self.x, self.step = np.empty((small, large), dtype), np.empty((small, large), dtype)
+        self.gram, self.poly = np.empty((small, small), dtype), np.empty((small, small), dtype)
+        self.eps = eps
+
+    def __call__(self, g, out):
+        a, b, c = NEWTON_SCHULZ
+        x, gram, poly = self.x, self.gram, self.poly
+        x[...] = g.T if self.tall else g
+        x *= 1.0 / (math.sqrt(np.dot(x.ravel(), x.ravel())) + self.eps)
+        for _ in range(NEWTON_SCHULZ_STEPS):
+            np.matmul(x, x.T, out=gram)            # A = X X^T
+            np.matmul(gram, gram, out=poly)
+            poly *= c
+            gram *= b
+            poly += gram                           # B = b A + c A^2
+            np.matmul(poly, x, out=self.step)
+            x *= a
+            x += self.step                         # X = a X + B X
+        out[...] = x.T if self.tall else x
+
+
+class Muon:
+    """Muon for the given matrices of the flat buffer, AdamW for every other element.
+
+    Each matrix W (fan_in, fan_out) with gradient G keeps a momentum buffer M:
+        M = mu M + (1 - mu) G;  U = (1 - mu) G + mu M           (Nesterov)
+        W *= 1 - r lr wd;  W -= r lr * 0.2 sqrt(max(fan_in, fan_out)) * orthogonalise(U)
+    The factor gives the update an RMS of about 0.2, AdamW's, so one learning rate can serve both
+    groups (Moonlight's scaling); ``lr_ratio`` r sets the matrices' own. The other elements take
+    exactly AdamW's update at lr (with ``decay_mask``'s weight decay); ``matrices`` is
+    [(name, offset, shape)], see hidden_matrices.
+    """
+
+    RMS = 0.2  # the update's target RMS, per unit of learning rate
+
+    def __init__(self, params, grads, decay_mask, matrices, momentum=0.95, lr_ratio=1.0,
+                 weight_decay=0.01, **adamw_options):
+        if not 0.0 <= momentum < 1.0:
+            raise ValueError(f"Muon's momentum must lie in [0, 1), got {momentum}")
+        if not lr_ratio > 0:
+            raise ValueError(f"Muon's lr_ratio must be > 0, got {lr_ratio}")
+        self.params, self.grads = params, grads
+        self.mu, self.lr_ratio, self.weight_decay = momentum, lr_ratio, weight_decay
+        in_matrix = np.zeros(params.shape, dtype=bool)
+        sizes = [math.prod(shape) for _, _, shape in matrices]
+        self.momentum = np.zeros(sum(sizes), dtype=params.dtype)
+        self._matrices, solvers, start = [], {}, 0
+        for (name, offset, shape), size in zip(matrices, sizes):
+            if in_matrix[offset:offset + size].any() or offset + size > params.size:
+                raise ValueError(f"matrix {name} overlaps another or lies outside the buffer")
+            in_matrix[offset:offset + size] = True
+            if shape not in solvers:
+                solvers[shape] = NewtonSchulz(shape, params.dtype)
+            views = (a[o:o + size].reshape(shape) for a, o in ((params, offset), (grads, offset),
+                                                              (self.momentum, start)))
+            self._matrices.append((*views, solvers[shape], self.RMS * math.sqrt(max(shape))))
+            start += size
+        self._scratch = {shape: (np.empty(shape, params.dtype), np.empty(shape, params.dtype))
+                         for shape in solvers}
+        self._other = np.flatnonzero(~in_matrix)  # AdamW's elements, gathered for each step
+        self.adamw = AdamW(params[self._other], np.empty(self._other.size, params.dtype),
+                           decay_mask[self._other], weight_decay=weight_decay, **adamw_options)
+
+    def step(self, lr):
+        """One update with learning rate ``lr`` from the gradients now in ``grads``."""
+        adamw, mu = self.adamw, self.mu
+        np.take(self.params, self._other, out=adamw.params)
+        np.take(self.grads, self._other, out=adamw.grads)
+        adamw.step(lr)
+        self.params[self._other] = adamw.params
+        lr *= self.lr_ratio
+        with one_blas_thread():  # faster for these small products on a busy machine, and the
+            for w, g, m, orthogonalise, scale in self._matrices:  # same bits on any thread count
+                u, s = self._scratch[w.shape]
+                np.multiply(g, 1.0 - mu, out=u)
+                m *= mu
+                m += u                      # M = mu M + (1 - mu) G
+                np.multiply(m, mu, out=s)
+                u += s                      # U = (1 - mu) G + mu M
+                orthogonalise(u, out=u)
+                w *= 1.0 - lr * self.weight_decay
+                u *= lr * scale
+                w -= u
+
+    def state(self):
+        """AdamW's moments and step count (for the other elements) and the matrices' momentum."""
+        return {**self.adamw.state(), "momentum": self.momentum}
+
+    def load_state(self, state):
+        if "momentum" not in state:
+            raise ValueError("optimizer state has no Muon momentum: it was saved by AdamW")
+        if state["momentum"].shape != self.momentum.shape:
+            raise ValueError(f"optimizer state momentum has shape {state['momentum'].shape}, "
+                             f"expected {self.momentum.shape}")
+        self.adamw.load_state(state)
+        self.momentum[...] = state["momentum"]
 
 
 class WeightAverage:

@@ -138,3 +138,41 @@ def linear_backward(dout, x, weight):
     """dout (N, M), then forward's x (N, K) and weight (K, M)
     -> dx (N, K), dweight (K, M), dbias (M,). (A residual's gradient is dout itself.)"""
     return dout @ weight.T, x.T @ dout, dout.sum(axis=0)
+
+
+def relu2_forward(x):
+    """Squared ReLU, elementwise: x (any shape) -> max(x, 0)^2 (same shape)."""
+    r = np.maximum(x, 0)
+    return r * r
+
+
+def relu2_backward(dout, x):
+    """dout (any shape), then forward's x -> dx = 2 max(x, 0) dout."""
+    return 2 * np.maximum(x, 0) * dout
+
+
+def _rotate_qk(qkv, n_heads, cos, sin):
+    """qkv (B, T, 3C) with q and k rotated by the angles whose cos and sin (T, D/2) are given,
+    v unchanged: each head's first and second halves (x1, x2) become
+    (x1 cos - x2 sin, x2 cos + x1 sin) (GPT-NeoX's half-split layout)."""
+    B, T, C3 = qkv.shape
+    heads = qkv.reshape(B, T, 3, n_heads, -1)
+    half = heads.shape[-1] // 2
+    x1, x2 = heads[:, :, :2, :, :half], heads[:, :, :2, :, half:]  # q and k: (B, T, 2, H, D/2)
+    c, s = cos[:, None, None, :], sin[:, None, None, :]  # (T, 1, 1, D/2)
+    out = heads.copy()
+    out[:, :, :2, :, :half] = x1 * c - x2 * s
+    out[:, :, :2, :, half:] = x2 * c + x1 * s
+    return out.reshape(B, T, C3)
+
+
+def rotary_forward(qkv, n_heads, cos, sin):
+    """Rotary positions: qkv (B, T, 3C), cos and sin (T, D/2) of the rows' angles
+    -> qkv (B, T, 3C) with each head of q and k rotated (see ``_rotate_qk``), v as it was."""
+    return _rotate_qk(qkv, n_heads, cos, sin)
+
+
+def rotary_backward(dqkv, n_heads, cos, sin):
+    """dqkv (B, T, 3C) at forward's output, then forward's cos and sin -> dqkv at its input:
+    a rotation's transpose is the rotation by minus the angle."""
+    return _rotate_qk(dqkv, n_heads, cos, -sin)

@@ -3,7 +3,8 @@ from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 
-from .model import TinyGPT, check_sampling
+from .generate import check_sampling
+from .model import TinyGPT
 from .tokenizer import CharTokenizer
 
 

@@ -23,6 +23,9 @@ from .trainer import Trainer
 
 CLI_ONLY = ("config", "resume")  # flags that are not settings
 OUTPUTS = ("ckpt.npz", "best.npz", "history.json", "loss.png", "samples.txt")  # in --out-dir
+# what runs did before these settings existed: a checkpoint that lacks one resumes with this
+# value, whatever the default has become since
+BEFORE_THE_SETTING = {"optimizer": "adamw", "last_batch": "keep"}
 
 
 def flag(name):
@@ -212,7 +215,8 @@ def _read_text(config, tokenizer=None):
 
 def _new_trainer(config, tokenizer, train_ids, val_ids):
     model = TinyGPT(tokenizer.vocab_size, config.d_model, config.n_heads, config.n_layers,
-                    config.model_max_seq_len, seed=config.seed, dropout=config.dropout)
+                    config.model_max_seq_len, seed=config.seed, dropout=config.dropout,
+                    position=config.position, mlp=config.mlp)
     return Trainer(model, train_ids, config.train_config(), val_data=val_ids,
                    group=distributed.group())
 
@@ -225,7 +229,7 @@ def _start(requested):
         return config, _new_trainer(config, tokenizer, train_ids, val_ids), tokenizer, []
     source, tokenizer = export.load_model(config.init_from)
     shape = {name: getattr(source.config, name)
-             for name in ("d_model", "n_heads", "n_layers", "max_seq_len")}
+             for name in ("d_model", "n_heads", "n_layers", "max_seq_len", "position", "mlp")}
     for name, value in shape.items():
         if requested.get(name, value) != value:
             raise ValueError(f"{flag(name)} {requested[name]} differs from the model in "
@@ -253,7 +257,8 @@ def _resume(requested):
     saved_model, tokenizer, meta, optim = load_checkpoint(path)
     if optim is None or "config" not in meta["extra"]:
         raise ValueError(f"{path} holds no training run to resume")
-    saved = RunConfig.from_dict(meta["extra"]["config"], source=str(path))
+    saved = RunConfig.from_dict({**BEFORE_THE_SETTING, **meta["extra"]["config"]},
+                                source=str(path))
     for name, value in requested.items():
         if value != getattr(saved, name) and not resumable(name):
             raise ValueError(f"{flag(name)} cannot change when resuming (the run in {path} has "

@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 from . import data, distributed, ops
 from .config import TrainConfig
 from .model import TinyGPT
-from .optim import AdamW, WeightAverage, clip_grad_norm, lr_at
+from .optim import AdamW, Muon, WeightAverage, clip_grad_norm, hidden_matrices, lr_at
 
 
 def evaluate(model: TinyGPT, tokens, batch_size: int, seq_len: int, group=None,
@@ -59,14 +59,21 @@ class Trainer:
         self.val_data = None
         if val_data is not None:
             self.val_data = self._check_tokens(model, val_data, "val_data")
-        steps_per_epoch = math.ceil(data.windows_per_epoch(len(self.train_data), self.seq_len)
-                                    / self.batch_size)
+        self.drop_last = config.last_batch == "drop"
+        steps_per_epoch = data.batches_per_epoch(len(self.train_data), self.batch_size,
+                                                 self.seq_len, self.drop_last)
         self.total_steps = config.max_steps or config.epochs * steps_per_epoch
         self.eval_interval = config.eval_interval or math.ceil(self.total_steps / 10)
         self.callback = callback
         self.model = model
-        self.optimizer = AdamW(model.params, model.grads, model.decay_mask(),
-                               weight_decay=config.weight_decay)
+        if config.optimizer == "muon":
+            self.optimizer = Muon(model.params, model.grads, model.decay_mask(),
+                                  hidden_matrices(model.shapes), momentum=config.muon_momentum,
+                                  lr_ratio=(config.muon_lr or config.lr) / config.lr,
+                                  weight_decay=config.weight_decay)
+        else:
+            self.optimizer = AdamW(model.params, model.grads, model.decay_mask(),
+                                   weight_decay=config.weight_decay)
         self.average = WeightAverage(model.params, config.ema_decay) if config.ema_decay else None
         self.rng = np.random.default_rng(config.seed)
         self.step = 0
@@ -103,7 +110,8 @@ class Trainer:
         """
         while True:
             self.rng.bit_generator.state = self.epoch_rng_state
-            epoch = data.epoch_batches(self.train_data, self.batch_size, self.seq_len, self.rng)
+            epoch = data.epoch_batches(self.train_data, self.batch_size, self.seq_len, self.rng,
+                                       self.drop_last)
             for i, (x, y) in enumerate(epoch):
                 if i >= self.batches_done_in_epoch:
                     yield i, x, y
@@ -169,8 +177,8 @@ class Trainer:
         return loss
 
     def train_step(self, x, y):
-        """Gradients of the global batch (x, y), clip, AdamW: returns (loss, lr, grad norm
-        before clipping). With several ranks, every rank sees the same summed loss and the
+        """Gradients of the global batch (x, y), clip, optimizer step: returns (loss, lr, grad
+        norm before clipping). With several ranks, every rank sees the same summed loss and the
         same stop request, so all of them stop, or fail, at the same step."""
         loss = self._gradients(x, y)
         if self.group.size > 1:
@@ -190,15 +198,16 @@ class Trainer:
     def sync_from_root(self) -> None:
         """Every rank takes rank 0's weights, optimizer state, weight average and place in the
         data stream (at the start of a run and on resume), so all of them start the same."""
-        arrays = [self.model.params, self.optimizer.m, self.optimizer.v]
+        optimizer = self.optimizer.state()
+        arrays = [self.model.params] + [a for name, a in optimizer.items() if name != "t"]
         if self.average is not None:
             arrays.append(self.average.avg)
         for array in arrays:
             self.group.broadcast(array)
         counts = self.group.broadcast_object(
-            (self.state(), self.optimizer.t, self.average.t if self.average else 0))
+            (self.state(), int(optimizer["t"]), self.average.t if self.average else 0))
         self.load_state(counts[0])
-        self.optimizer.t = counts[1]
+        self.optimizer.load_state({**optimizer, "t": counts[1]})
         if self.average is not None:
             self.average.t = counts[2]
 
@@ -252,7 +261,9 @@ def train_model(model: TinyGPT, train_data, epochs: int = TrainConfig.epochs,
 
     One epoch is one pass over train_data in shuffled non-overlapping windows from a random
     offset. ``options`` are the other TrainConfig settings: warmup_steps=100,
-    weight_decay=0.01, max_grad_norm=1.0, ema_decay=0 (> 0: evaluate an exponential moving
+    weight_decay=0.01, optimizer="adamw" ("muon": Muon for the blocks' matrices),
+    muon_momentum=0.95, muon_lr=lr, last_batch="keep" ("drop": no short batch at an epoch's end),
+    max_grad_norm=1.0, ema_decay=0 (> 0: evaluate an exponential moving
     average of the weights, and leave it in the model), eval_interval (default: a tenth of the
     run), eval_batches (default: the whole of val_data), max_steps (replaces the epoch count),
     grad_accum=1, seed=0. ``val_data`` is evaluated every eval_interval steps; ``callback``
