@@ -1,4 +1,5 @@
-"""The compiled kernels (tinygpt._layernorm, _gelu, _attention, _cross_entropy, _linear) against
+"""The compiled kernels (tinygpt._layernorm, _gelu, _relu2, _attention, _rotary, _cross_entropy,
+_linear) against
 tinygpt.reference: parity in float32 and float64 on 1 and 2 threads (with explicit examples at
 every kernel's block boundaries, read from the modules), bitwise determinism across thread
 counts and reruns, headers that compile without warnings, the input checks in tinygpt.ops, and
@@ -13,7 +14,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from tinygpt import _attention, _cross_entropy, _gelu, _layernorm, _linear, ops
+from tinygpt import _attention, _cross_entropy, _gelu, _layernorm, _linear, _relu2, ops
 from tinygpt import reference as ref
 
 DTYPES = [np.float32, np.float64]
@@ -35,6 +36,7 @@ ROWS_PER_CHUNK = _layernorm._BLOCKS["rows_per_chunk"]  # layernorm backward: row
 LANES = _layernorm._BLOCKS["lanes"]       # row reductions (layernorm, softmax): partial sums
 assert _cross_entropy._BLOCKS["lanes"] == LANES
 SPAN = _gelu._BLOCKS["span"]              # gelu: elements per work item
+assert _relu2._BLOCKS["span"] == SPAN     # relu2: the same
 ATTENTION = _attention._BLOCKS           # attention, per ISA: query and key rows per block,
 ATT_ISA = _attention._kernel_isa()        # and vector bytes (score rows are padded to whole
 MR_ATT = ATTENTION["rows"][ATT_ISA]       # vectors: PAD float32 columns, half as many float64)
@@ -160,6 +162,54 @@ def test_gelu_parity(dtype, n_threads, seed, shape):
     # kernel itself to 3e-7 against float64)
     assert_close("dx", on_kernels(n_threads, "gelu_backward", dout, x), ref.gelu_backward(dout, x),
                  dtype, terms=1, c=32)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n_threads", THREADS)
+@SETTINGS
+@given(seed=seeds, shape=st.lists(st.integers(1, 40), min_size=1, max_size=3))
+@example(seed=1, shape=[SPAN - 1])
+@example(seed=2, shape=[SPAN])
+@example(seed=3, shape=[SPAN + 1])
+@example(seed=4, shape=[3, SPAN + 5])
+@example(seed=5, shape=[1])
+def test_relu2_parity_is_bitwise(dtype, n_threads, seed, shape):
+    """max(x, 0)^2 and 2 max(x, 0) dout: products of the same values in the same order, so
+    the kernel's bits are the reference's (a zero's sign aside); NaN goes through both."""
+    rng = np.random.default_rng(seed)
+    x, dout = normal(rng, shape, dtype), normal(rng, shape, dtype)
+    x.reshape(-1)[::7] = 0.0
+    x.reshape(-1)[3::11] = np.nan
+    np.testing.assert_array_equal(on_kernels(n_threads, "relu2_forward", x), ref.relu2_forward(x))
+    np.testing.assert_array_equal(on_kernels(n_threads, "relu2_backward", dout, x),
+                                  ref.relu2_backward(dout, x))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n_threads", THREADS)
+@SETTINGS
+@given(seed=seeds, b=st.integers(1, 3), t=st.integers(1, 40), h=st.integers(1, 3),
+       half=st.integers(1, 9))
+@example(seed=1, b=1, t=1, h=1, half=1)
+@example(seed=2, b=3, t=17, h=2, half=16)
+def test_rotary_parity_in_place(dtype, n_threads, seed, b, t, h, half):
+    """q and k rotated in place, v untouched; the backward undoes the forward. Each output is
+    one product difference x1 cos - x2 sin (the compiler may fuse it into an FMA: a rounding
+    of eps, seen below 1)."""
+    rng = np.random.default_rng(seed)
+    C = h * 2 * half
+    qkv = normal(rng, (b, t, 3 * C), dtype)
+    angles = rng.uniform(-np.pi, np.pi, (t, half))
+    cos, sin = np.cos(angles).astype(dtype), np.sin(angles).astype(dtype)
+    expected = ref.rotary_forward(qkv, h, cos, sin)
+    rotated = qkv.copy()
+    assert on_kernels(n_threads, "rotary_forward", rotated, h, cos, sin) is rotated
+    assert_close("qkv", rotated, expected, dtype, terms=2, c=4)
+    np.testing.assert_array_equal(rotated[..., 2 * C:], qkv[..., 2 * C:])
+    back = rotated.copy()
+    on_kernels(n_threads, "rotary_backward", back, h, cos, sin)
+    assert_close("dqkv", back, ref.rotary_backward(rotated, h, cos, sin), dtype, terms=2, c=4)
+    assert_close("round trip", back, qkv, dtype, terms=4, c=4)
 
 
 def test_gelu_float32_accuracy():

@@ -88,7 +88,7 @@ def test_a_missing_kernel_warns_once_and_its_ops_fall_back_to_numpy():
     assert {op for op, where in result["ops"].items() if where == "numpy"} == {
         "gelu_forward", "gelu_backward"}
     assert result["summary"] == ("auto: numpy for gelu_forward, gelu_backward (kernels missing); "
-                                 "cython for the other 7")
+                                 f"cython for the other {len(ops._KERNEL_MODULES) - 2}")
     assert "tinygpt._gelu" in result["refused"] and "None in sys.modules" in result["refused"]
 
 
@@ -135,7 +135,9 @@ def test_training_step_matches_between_backends(dtype):
 ROW_BLOCK = 256  # rows per work item of the linear kernel (csrc/linear.pyx)
 
 
-def test_training_is_bitwise_identical_on_one_and_two_threads_with_clipping(threads):
+@pytest.mark.parametrize("arch", [dict(), dict(position="rotary", mlp="relu2")],
+                         ids=["gpt2", "rotary+relu2"])
+def test_training_is_bitwise_identical_on_one_and_two_threads_with_clipping(threads, arch):
     """Batches of 8 x 48 = 384 rows: the linear layers split them into two row blocks (256 and
     128) and LayerNorm into six chunks, so two threads really share the work; and a
     max_grad_norm that every step's gradient exceeds, so the clipping factor (a global norm, one
@@ -147,7 +149,8 @@ def test_training_is_bitwise_identical_on_one_and_two_threads_with_clipping(thre
     runs = []
     for n in (1, 2, 1):
         threads(n)
-        model = TinyGPT(11, d_model=32, n_heads=4, n_layers=2, max_seq_len=seq_len, dropout=0.1)
+        model = TinyGPT(11, d_model=32, n_heads=4, n_layers=2, max_seq_len=seq_len, dropout=0.1,
+                        **arch)
         history = train_model(model, tokens, batch_size=batch_size, seq_len=seq_len, max_steps=12,
                               warmup_steps=3, max_grad_norm=max_grad_norm, ema_decay=0.9,
                               progress=False)
@@ -175,6 +178,13 @@ def f32(*shape, seed=0):
     (lambda: ops.layernorm_backward(f32(4, 8), f32(4, 8), f32(8), f32(3), f32(4)), ValueError, "mean"),
     (lambda: ops.gelu_backward(f32(4, 8), f32(4, 9)), ValueError, "dout"),
     (lambda: ops.gelu_forward(np.arange(4)), TypeError, "float32"),
+    (lambda: ops.relu2_backward(f32(4, 8), f32(4, 9)), ValueError, "dout"),
+    (lambda: ops.relu2_forward(np.arange(4)), TypeError, "float32"),
+    (lambda: ops.rotary_forward(f32(1, 3, 18), 2, f32(3, 1), f32(3, 1)), ValueError, "even"),
+    (lambda: ops.rotary_forward(f32(1, 3, 12), 1, f32(3, 1), f32(3, 2)), ValueError, "cos"),
+    (lambda: ops.rotary_forward(f32(1, 3, 12), 2, f32(3, 1), f32(2, 1)), ValueError, "sin"),
+    (lambda: ops.rotary_forward(f32(1, 3, 24)[..., ::2], 2, f32(3, 1), f32(3, 1)), ValueError,
+     "in place"),
     (lambda: ops.attention_forward(f32(2, 12), 2), ValueError, "3-D"),
     (lambda: ops.attention_forward(f32(1, 3, 13), 1), ValueError, "3C"),
     (lambda: ops.attention_forward(f32(1, 3, 12), 3), ValueError, "divisible"),

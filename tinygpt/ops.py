@@ -32,6 +32,10 @@ _KERNEL_MODULES = {
     "softmax_cross_entropy": "_cross_entropy",
     "linear_forward": "_linear",
     "linear_backward": "_linear",
+    "relu2_forward": "_relu2",
+    "relu2_backward": "_relu2",
+    "rotary_forward": "_rotary",
+    "rotary_backward": "_rotary",
 }
 
 
@@ -154,14 +158,20 @@ set_backend(os.environ.get("TINYGPT_BACKEND", "auto"))
 _state["threads"] = _default_threads()
 
 
+def _kernel(op):
+    """The compiled kernel that runs op on the current backend, or None: the reference."""
+    return None if _state["backend"] == "numpy" else _kernels.get(op)
+
+
 def _run(op, args, out, shapes):
     """The op on the current backend, args checked by the caller. Its array results go into
     ``out`` when given (checked by _expect_out), else into new arrays: of the given shapes and
     the first argument's dtype for a kernel, which writes into the arrays it is handed."""
-    if _state["backend"] != "numpy" and op in _kernels:
+    kernel = _kernel(op)
+    if kernel is not None:
         outs = tuple(np.empty(shape, args[0].dtype) for shape in shapes) if out is None else \
             out if isinstance(out, tuple) else (out,)
-        loss = _kernels[op](*args, *outs, _state["threads"])
+        loss = kernel(*args, *outs, _state["threads"])
         arrays = outs if len(outs) > 1 else outs[0]
         return (loss, arrays) if op == "softmax_cross_entropy" else arrays
     result = getattr(reference, op)(*args)
@@ -334,7 +344,7 @@ def relu2_forward(x, *, out=None):
     """Squared ReLU, elementwise: x (any shape) -> out (same shape) = max(x, 0)^2."""
     (x,) = _float_arrays(x=x)
     _expect_out(out, [("out", x.shape)], x.dtype, (x,))
-    return _run("relu2_forward", x, out=out)
+    return _elementwise("relu2_forward", (x,), out)
 
 
 def relu2_backward(dout, x, *, out=None):
@@ -342,7 +352,7 @@ def relu2_backward(dout, x, *, out=None):
     dout, x = _float_arrays(dout=dout, x=x)
     _expect_shape("dout", dout, x.shape)
     _expect_out(out, [("dx", x.shape)], x.dtype, (dout, x))
-    return _run("relu2_backward", dout, x, out=out)
+    return _elementwise("relu2_backward", (dout, x), out)
 
 
 def _expect_qkv(qkv, n_heads):
@@ -388,7 +398,12 @@ def _rotary(op, qkv, n_heads, cos, sin):
         raise ValueError(f"rotary positions need an even head size, got {C // n_heads}")
     _expect_shape("cos", cos, (T, C // n_heads // 2))
     _expect_shape("sin", sin, (T, C // n_heads // 2))
-    return _run(op, qkv, int(n_heads), cos, sin, out=qkv)
+    kernel = _kernel(op)
+    if kernel is None:
+        qkv[...] = getattr(reference, op)(qkv, int(n_heads), cos, sin)
+    else:
+        kernel(qkv.reshape(-1, qkv.shape[-1]), int(n_heads), cos, sin, _state["threads"])
+    return qkv
 
 
 def rotary_forward(qkv, n_heads, cos, sin):
