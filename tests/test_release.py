@@ -33,7 +33,7 @@ def fake_sdist(folder, leave_out=()):
     """An sdist of the repository's build inputs (less ``leave_out``) and a PKG-INFO."""
     path = folder / f"tinygpt-{tinygpt.__version__}.tar.gz"
     top = f"tinygpt-{tinygpt.__version__}"
-    sources = [*PYX, *sorted((REPO / "csrc").glob("*.pxd"))]
+    sources = [*PYX, *sorted((REPO / "csrc").glob("*.pxd")), *sorted((REPO / "csrc").glob("*.h"))]
     inputs = ["setup.py", "pyproject.toml", "README.md", "LICENSE",
               *(p.relative_to(REPO).as_posix() for p in sources)]
     with tarfile.open(path, "w:gz") as tar:
