@@ -134,16 +134,19 @@ def test_layernorm_parity(dtype, n_threads, seed, n, c, eps):
     assert_close("dbias", dbias, e_dbias, dtype, terms=n, c=8)
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("n_threads", THREADS)
-@SETTINGS
-@given(seed=seeds, shape=st.lists(st.integers(1, 40), min_size=1, max_size=3))
-# one span, one element short of it and past it, several spans with a short last one
-@example(seed=1, shape=[SPAN - 1])
-@example(seed=2, shape=[SPAN])
-@example(seed=3, shape=[SPAN + 1])
-@example(seed=4, shape=[3, SPAN + 5])
-@example(seed=5, shape=[1])
+def elementwise_cases(test):
+    """An elementwise kernel's parity cases: dtypes, threads, random shapes, and one span, one
+    element short of it and past it, several spans with a short last one."""
+    for seed, case in enumerate(([SPAN - 1], [SPAN], [SPAN + 1], [3, SPAN + 5], [1]), start=1):
+        test = example(seed=seed, shape=case)(test)
+    test = given(seed=seeds, shape=st.lists(st.integers(1, 40), min_size=1, max_size=3))(test)
+    test = SETTINGS(test)
+    for name, values in (("n_threads", THREADS), ("dtype", DTYPES)):
+        test = pytest.mark.parametrize(name, values)(test)
+    return test
+
+
+@elementwise_cases
 def test_gelu_parity(dtype, n_threads, seed, shape):
     rng = np.random.default_rng(seed)
     # |x| <= 4 and |dout| <= 1: NumPy's own float32 error in gelu' reaches 6e-7 for 2 < |x| < 4
@@ -164,15 +167,7 @@ def test_gelu_parity(dtype, n_threads, seed, shape):
                  dtype, terms=1, c=32)
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("n_threads", THREADS)
-@SETTINGS
-@given(seed=seeds, shape=st.lists(st.integers(1, 40), min_size=1, max_size=3))
-@example(seed=1, shape=[SPAN - 1])
-@example(seed=2, shape=[SPAN])
-@example(seed=3, shape=[SPAN + 1])
-@example(seed=4, shape=[3, SPAN + 5])
-@example(seed=5, shape=[1])
+@elementwise_cases
 def test_relu2_parity_is_bitwise(dtype, n_threads, seed, shape):
     """max(x, 0)^2 and 2 max(x, 0) dout: products of the same values in the same order, so
     the kernel's bits are the reference's (a zero's sign aside); NaN goes through both."""
