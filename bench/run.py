@@ -58,6 +58,7 @@ class Shape:
 
 SMALL = Shape(d_model=128, n_heads=4, n_layers=4, seq_len=128, batch=64)  # the lab's
 LARGE = Shape(d_model=384, n_heads=6, n_layers=6, seq_len=256, batch=16)
+OPTIONS = dict(position="rotary", mlp="relu2")  # the block options, whose ops GPT-2's lacks
 
 
 @dataclass(frozen=True)
@@ -162,9 +163,9 @@ def batch(shape=SMALL, seed=0):
     return rng.integers(0, VOCAB, size), rng.integers(0, VOCAB, size)
 
 
-def make_model(shape=SMALL):
+def make_model(shape=SMALL, **options):
     return TinyGPT(VOCAB, d_model=shape.d_model, n_heads=shape.n_heads, n_layers=shape.n_layers,
-                   max_seq_len=shape.seq_len)
+                   max_seq_len=shape.seq_len, **options)
 
 
 # ---------------------------------------------------------------- machine and peak
@@ -276,7 +277,7 @@ def snapshot(value):
 
 def capture_calls(names):
     """Op name -> (args, kwargs) of its largest call in one forward and backward pass of the
-    default model, copied (the model may reuse its buffers)."""
+    small model, with GPT-2's block and with OPTIONS, copied (the model reuses its buffers)."""
     largest = {}
 
     def recording(name, fn):
@@ -292,9 +293,11 @@ def capture_calls(names):
     try:
         for name, fn in originals.items():
             setattr(ops, name, recording(name, fn))
-        model, (x, y) = make_model(), batch()
-        model.loss(x, y)
-        model.backward()
+        x, y = batch()
+        for options in ({}, OPTIONS):  # GPT-2's block, then the other options' ops
+            model = make_model(**options)
+            model.loss(x, y)
+            model.backward()
     finally:
         for name, fn in originals.items():
             setattr(ops, name, fn)
