@@ -86,7 +86,7 @@ class TrainConfig:
 class RunConfig(TrainConfig):
     """A command-line run: the model's shape, the data, the output files, and training with the
     best measured recipe (docs/results.md has the runs behind these defaults)."""
-    epochs: int = _setting(12, "passes over the training data", resumable=True)
+    epochs: int = _setting(11, "passes over the training data", resumable=True)
     batch_size: int = _setting(16, "sequences per step, over every rank (the lab suggests 64; 16 "
                                    "reaches a lower val loss in the same time)")
     seq_len: int = _setting(128, "characters per training sequence")
@@ -104,9 +104,13 @@ class RunConfig(TrainConfig):
     n_layers: int = _setting(5, "transformer blocks (the lab suggests 4)")
     max_seq_len: typing.Optional[int] = _setting(None, "position table size (default: seq_len)")
     dropout: float = _setting(0.0, "dropout rate of the embeddings and residual branches")
-    position: str = _setting("learned", "position encoding: 'learned' (a table, GPT-2) or "
-                                        "'rotary' (queries and keys rotated, GPT-NeoX)")
-    mlp: str = _setting("gelu", "the MLP's activation: 'gelu' (GPT-2) or 'relu2' (squared ReLU)")
+    position: str = _setting("rotary", "position encoding: 'rotary' (queries and keys rotated, "
+                                       "GPT-NeoX) or 'learned' (a table, GPT-2)")
+    mlp: str = _setting("relu2", "the MLP's activation: 'relu2' (squared ReLU) or 'gelu' (GPT-2)")
+    optimizer: str = _setting("muon", "muon: Muon (orthogonalised momentum) for the blocks' "
+                                      "matrices and AdamW for the rest; or adamw")
+    last_batch: str = _setting("drop", "an epoch's last, short batch: drop (its few windows "
+                                       "wait for the next epoch's shuffle) or keep")
     data: typing.Optional[str] = _setting(
         None, "text file to train on (default: tiny_shakespeare, found through $TINYGPT_DATA, "
               "the user cache, or a download)")

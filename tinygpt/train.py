@@ -25,7 +25,8 @@ CLI_ONLY = ("config", "resume")  # flags that are not settings
 OUTPUTS = ("ckpt.npz", "best.npz", "history.json", "loss.png", "samples.txt")  # in --out-dir
 # what runs did before these settings existed: a checkpoint that lacks one resumes with this
 # value, whatever the default has become since
-BEFORE_THE_SETTING = {"optimizer": "adamw", "last_batch": "keep"}
+BEFORE_THE_SETTING = {"optimizer": "adamw", "last_batch": "keep", "position": "learned",
+                      "mlp": "gelu"}
 
 
 def flag(name):
