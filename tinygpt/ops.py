@@ -325,34 +325,39 @@ def layernorm_backward(dout, x, weight, mean, rstd, *, out=None):
     return _run("layernorm_backward", (dout, x, weight, mean, rstd), out, shapes)
 
 
-def gelu_forward(x, *, out=None):
-    """tanh-approximate GELU, elementwise: x (any shape) -> out (same shape)."""
+def _activation_forward(op, x, out):
+    """An elementwise activation: x (any shape) -> out (same shape)."""
     (x,) = _float_arrays(x=x)
     _expect_out(out, [("out", x.shape)], x.dtype, (x,))
-    return _elementwise("gelu_forward", (x,), out)
+    return _elementwise(op, (x,), out)
+
+
+def _activation_backward(op, dout, x, out):
+    """An elementwise activation's backward: dout, then forward's x (same shape) -> dx."""
+    dout, x = _float_arrays(dout=dout, x=x)
+    _expect_shape("dout", dout, x.shape)
+    _expect_out(out, [("dx", x.shape)], x.dtype, (dout, x))
+    return _elementwise(op, (dout, x), out)
+
+
+def gelu_forward(x, *, out=None):
+    """tanh-approximate GELU, elementwise: x (any shape) -> out (same shape)."""
+    return _activation_forward("gelu_forward", x, out)
 
 
 def gelu_backward(dout, x, *, out=None):
     """dout, then forward's x (same shape) -> dx."""
-    dout, x = _float_arrays(dout=dout, x=x)
-    _expect_shape("dout", dout, x.shape)
-    _expect_out(out, [("dx", x.shape)], x.dtype, (dout, x))
-    return _elementwise("gelu_backward", (dout, x), out)
+    return _activation_backward("gelu_backward", dout, x, out)
 
 
 def relu2_forward(x, *, out=None):
     """Squared ReLU, elementwise: x (any shape) -> out (same shape) = max(x, 0)^2."""
-    (x,) = _float_arrays(x=x)
-    _expect_out(out, [("out", x.shape)], x.dtype, (x,))
-    return _elementwise("relu2_forward", (x,), out)
+    return _activation_forward("relu2_forward", x, out)
 
 
 def relu2_backward(dout, x, *, out=None):
     """dout, then forward's x (same shape) -> dx."""
-    dout, x = _float_arrays(dout=dout, x=x)
-    _expect_shape("dout", dout, x.shape)
-    _expect_out(out, [("dx", x.shape)], x.dtype, (dout, x))
-    return _elementwise("relu2_backward", (dout, x), out)
+    return _activation_backward("relu2_backward", dout, x, out)
 
 
 def _expect_qkv(qkv, n_heads):
