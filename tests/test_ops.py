@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import tinygpt
-from tinygpt import TinyGPT, ops, train_model
+from tinygpt import TinyGPT, _layernorm, _linear, ops, train_model
 
 
 @pytest.fixture
@@ -132,19 +132,21 @@ def test_training_step_matches_between_backends(dtype):
                                    atol=64 * eps * np.abs(g).max(), err_msg=name)
 
 
-ROW_BLOCK = 256  # rows per work item of the linear kernel (csrc/linear.pyx)
+# rows per work item of the float32 linear forward and of LayerNorm's backward (csrc/)
+FORWARD_ROWS = _linear._BLOCKS["forward_rows"]
+ROWS_PER_CHUNK = _layernorm._BLOCKS["rows_per_chunk"]
 
 
 @pytest.mark.parametrize("arch", [dict(), dict(position="rotary", mlp="relu2")],
                          ids=["gpt2", "rotary+relu2"])
 def test_training_is_bitwise_identical_on_one_and_two_threads_with_clipping(threads, arch):
-    """Batches of 8 x 48 = 384 rows: the linear layers split them into two row blocks (256 and
-    128) and LayerNorm into six chunks, so two threads really share the work; and a
+    """Batches of 8 x 48 = 384 rows: more than one work item of the linear forward and of
+    LayerNorm's backward, so two threads really share the work; and a
     max_grad_norm that every step's gradient exceeds, so the clipping factor (a global norm, one
     BLAS dot over every parameter) is in each update. Dropout masks and the weight average are
     on too. One thread, two, and one again give the same bits."""
     batch_size, seq_len, max_grad_norm = 8, 48, 0.05
-    assert batch_size * seq_len > ROW_BLOCK
+    assert batch_size * seq_len > max(FORWARD_ROWS, 2 * ROWS_PER_CHUNK)
     tokens = np.random.default_rng(0).integers(0, 11, 5000)
     runs = []
     for n in (1, 2, 1):

@@ -13,7 +13,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from . import reference
-from .model import full_attention, new_activations, transformer_forward
+from .model import new_activations, transformer_forward
 
 
 class RowOps:
@@ -133,12 +133,11 @@ class DecodeCache:
         self.row_ops = RowOps(B, cfg.d_model, dtype)
         self.weights = decode_weights(model.weights, H)  # the parameters must not change
         self.position = 0  # of the row being decoded
-        self._full_attention = full_attention(cfg)
 
     def attend_prompt(self, a, layer):
         """The prompt's attention: causal over its T positions, then its keys and values
         (a.qkv (N, 3C), N = B * T) cached at positions 0..T-1."""
-        self._full_attention(a, layer)
+        self.model._attend(a, layer)  # the training forward's own attention
         B, T, C = a.att.shape
         H = self.model.config.n_heads
         _, k, v = a.qkv.reshape(B, T, 3, H, C // H).transpose(2, 0, 3, 1, 4)  # (B, H, T, D)
