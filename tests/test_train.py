@@ -51,8 +51,8 @@ def test_the_optimizer_settings_reach_the_optimizer():
 
 def test_muon_training_is_bitwise_identical_on_one_and_two_threads():
     """Muon (and dropping the short batch, past an epoch's end): batches of 8 x 48 = 384 rows,
-    which the kernels share between two threads. One thread, two, and one again give the same
-    bits, and the loss falls."""
+    which the kernels share between two threads, and 8 matrices, which Muon's update shares
+    between them. One thread, two, and one again give the same bits, and the loss falls."""
     tokens = np.arange(5000) * 3 % 11  # a pattern to learn; 103 windows of 48: 12 batches
     previous, runs = ops.get_num_threads(), []
     try:

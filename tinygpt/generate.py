@@ -12,25 +12,35 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from . import reference
+from . import ops, reference
 from .model import new_activations, transformer_forward
 
 
 class RowOps:
-    """The ops ``transformer_forward`` calls, for a few rows (B, ...) in plain NumPy: the same
-    arithmetic as tinygpt.ops up to rounding, without its checks and thread start-up."""
+    """The ops ``transformer_forward`` calls, for a few rows (B, ...): the same arithmetic as
+    tinygpt.ops up to rounding, without its checks and thread start-up. Plain NumPy, but for
+    LayerNorm's compiled kernel on one thread where the kernels are built."""
 
     def __init__(self, batch_size, d_model, dtype):
         self.mean_w = np.full((d_model, 1), 1.0 / d_model, dtype)  # x @ mean_w: row means
         self.scratch = np.empty((batch_size, 4 * d_model), dtype)
         self.stat = np.empty((batch_size, 1), dtype)  # a per-row statistic
         self.stat_flat = self.stat[:, 0]
+        # the compiled LayerNorm on one thread, where it is built: a third of NumPy's time
+        self.layernorm_kernel = ops._kernel("layernorm_forward")
+        self.rstd = np.empty(batch_size, dtype)
+        self.ones, self.zeros = np.ones(d_model, dtype), np.zeros(d_model, dtype)
 
     def layernorm_forward(self, x, weight, bias, eps=1e-5, *, out):
         """out's first array receives the normalized rows; its mean and rstd, which only a
         backward reads, are left unwritten. With weight and bias None, the normalization
         alone (see ``decode_weights``)."""
         y, stat = out[0], self.stat  # (B, C), (B, 1)
+        if self.layernorm_kernel is not None:
+            self.layernorm_kernel(x, self.ones if weight is None else weight,
+                                  self.zeros if bias is None else bias, eps, y, self.stat_flat,
+                                  self.rstd, 1)
+            return out
         np.matmul(x, self.mean_w, out=stat)  # the means
         np.subtract(x, stat, out=y)
         np.vecdot(y, y, out=self.stat_flat)  # sums of squares

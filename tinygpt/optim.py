@@ -2,10 +2,12 @@
 and gradient clipping."""
 import math
 import re
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
 import numpy as np
 
+from . import ops
 from .blas_threads import one_blas_thread
 
 
@@ -142,43 +144,82 @@ class Muon:
         in_matrix = np.zeros(params.shape, dtype=bool)
         sizes = [math.prod(shape) for _, _, shape in matrices]
         self.momentum = np.zeros(sum(sizes), dtype=params.dtype)
-        self._matrices, solvers, start = [], {}, 0
+        self._matrices, start = [], 0  # (w, g, m, update scale), each (fan_in, fan_out)
         for (name, offset, shape), size in zip(matrices, sizes):
             if in_matrix[offset:offset + size].any() or offset + size > params.size:
                 raise ValueError(f"matrix {name} overlaps another or lies outside the buffer")
             in_matrix[offset:offset + size] = True
-            if shape not in solvers:
-                solvers[shape] = NewtonSchulz(shape, params.dtype)
             views = (a[o:o + size].reshape(shape) for a, o in ((params, offset), (grads, offset),
                                                               (self.momentum, start)))
-            self._matrices.append((*views, solvers[shape], self.RMS * math.sqrt(max(shape))))
+            self._matrices.append((*views, self.RMS * math.sqrt(max(shape))))
             start += size
-        self._scratch = {shape: (np.empty(shape, params.dtype), np.empty(shape, params.dtype))
-                         for shape in solvers}
+        self._lanes = {}  # number of threads -> the matrices each one updates, and its scratch
+        self._pool, self._pool_threads = None, 0  # threads beside the caller's, made when needed
         self._other = np.flatnonzero(~in_matrix)  # AdamW's elements, gathered for each step
         self.adamw = AdamW(params[self._other], np.empty(self._other.size, params.dtype),
                            decay_mask[self._other], weight_decay=weight_decay, **adamw_options)
 
     def step(self, lr):
-        """One update with learning rate ``lr`` from the gradients now in ``grads``."""
-        adamw, mu = self.adamw, self.mu
+        """One update with learning rate ``lr`` from the gradients now in ``grads``.
+
+        The matrices are shared out among ``ops.get_num_threads()`` threads, each running BLAS
+        on one thread: these products are too small to split well, and each matrix's update has
+        the same bits whichever thread makes it."""
+        adamw = self.adamw
         np.take(self.params, self._other, out=adamw.params)
         np.take(self.grads, self._other, out=adamw.grads)
         adamw.step(lr)
         self.params[self._other] = adamw.params
         lr *= self.lr_ratio
-        with one_blas_thread():  # faster for these small products on a busy machine, and the
-            for w, g, m, orthogonalise, scale in self._matrices:  # same bits on any thread count
-                u, s = self._scratch[w.shape]
-                np.multiply(g, 1.0 - mu, out=u)
-                m *= mu
-                m += u                      # M = mu M + (1 - mu) G
-                np.multiply(m, mu, out=s)
-                u += s                      # U = (1 - mu) G + mu M
-                orthogonalise(u, out=u)
-                w *= 1.0 - lr * self.weight_decay
-                u *= lr * scale
-                w -= u
+        first, *others = self._lanes_for(min(ops.get_num_threads(), len(self._matrices)))
+        with one_blas_thread():
+            if len(others) > self._pool_threads:
+                self._pool = ThreadPoolExecutor(len(others), thread_name_prefix="muon")
+                self._pool_threads = len(others)
+            futures = [self._pool.submit(self._update, lane, lr) for lane in others]
+            try:
+                self._update(first, lr)
+            finally:  # no thread still writes the weights once step returns or raises
+                for future in futures:
+                    future.result()
+
+    def _lanes_for(self, n_threads):
+        """The matrices split into n_threads lanes of about equal Newton-Schulz cost (largest
+        first, each to the lightest lane), each lane as [(w, g, m, scale, u, s, solver)] with
+        its own scratch."""
+        if n_threads not in self._lanes:
+            def cost(matrix):
+                small, large = sorted(matrix[0].shape)
+                return 2 * small * small * large + small ** 3
+            loads, lanes = [0] * n_threads, [[] for _ in range(n_threads)]
+            for matrix in sorted(self._matrices, key=cost, reverse=True):
+                lightest = loads.index(min(loads))
+                loads[lightest] += cost(matrix)
+                lanes[lightest].append(matrix)
+            self._lanes[n_threads] = [self._with_scratch(lane) for lane in lanes]
+        return self._lanes[n_threads]
+
+    @staticmethod
+    def _with_scratch(lane):
+        scratch = {}  # shape -> (u, s, NewtonSchulz), shared by the lane's matrices of that shape
+        for w, *_ in lane:
+            if w.shape not in scratch:
+                scratch[w.shape] = (np.empty_like(w), np.empty_like(w),
+                                    NewtonSchulz(w.shape, w.dtype))
+        return [(*matrix, *scratch[matrix[0].shape]) for matrix in lane]
+
+    def _update(self, lane, lr):
+        mu = self.mu
+        for w, g, m, scale, u, s, orthogonalise in lane:
+            np.multiply(g, 1.0 - mu, out=u)
+            m *= mu
+            m += u                      # M = mu M + (1 - mu) G
+            np.multiply(m, mu, out=s)
+            u += s                      # U = (1 - mu) G + mu M
+            orthogonalise(u, out=u)
+            w *= 1.0 - lr * self.weight_decay
+            u *= lr * scale
+            w -= u
 
     def state(self):
         """AdamW's moments and step count (for the other elements) and the matrices' momentum."""
