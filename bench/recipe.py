@@ -42,7 +42,7 @@ LEVERS = {
     "squared-ReLU MLP": {"mlp": "gelu"},
     "Muon": {"optimizer": "adamw"},
     "dropping the short batch": {"last_batch": "keep"},
-    "weight decay 0.3": {"weight_decay": 0.1},
+    "weight decay 0.6": {"weight_decay": 0.1},
 }
 TIMED_STEPS = 12  # per variant and round, after 3 warm-up steps
 

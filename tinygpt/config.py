@@ -93,8 +93,9 @@ class RunConfig(TrainConfig):
     seq_len: int = _setting(128, "characters per training sequence")
     lr: float = _setting(2.5e-3, "peak learning rate (the lab suggests 1e-3; 2.5e-3 reaches a "
                                  "lower val loss in the same time)")
-    weight_decay: float = _setting(0.3, "decoupled weight decay (matrices and embeddings only; "
-                                        "0.3 let 12 epochs pay, where 0.1 overfit)")
+    weight_decay: float = _setting(0.6, "decoupled weight decay (matrices and embeddings only; "
+                                        "in 12 epochs 0.6 reached a lower val loss than 0.3, "
+                                        "and 0.1 overfit)")
     ema_decay: float = _setting(0.998, "evaluate, sample and save a moving average of the "
                                        "weights with this decay per step (0: off)")
     muon_lr: typing.Optional[float] = _setting(
