@@ -24,10 +24,19 @@
 static inline uint32_t tg_float_bits(float f) { uint32_t u; memcpy(&u, &f, sizeof u); return u; }
 static inline float tg_bits_float(uint32_t u) { float f; memcpy(&f, &u, sizeof f); return f; }
 
-/* cond ? a : b as a bit mask: both sides are always computed, so loops vectorize. */
+static inline uint64_t tg_double_bits(double d) { uint64_t u; memcpy(&u, &d, sizeof u); return u; }
+static inline double tg_bits_double(uint64_t u) { double d; memcpy(&d, &u, sizeof d); return d; }
+
+/* cond ? a : b as a bit mask: both sides are always computed, so loops vectorize (GCC keeps a
+   plain ?: on a float comparison as a branch, since the comparison may trap). */
 static inline float tg_selectf(int cond, float a, float b) {
     uint32_t m = -(uint32_t)(cond != 0);
     return tg_bits_float((tg_float_bits(a) & m) | (tg_float_bits(b) & ~m));
+}
+
+static inline double tg_selectd(int cond, double a, double b) {
+    uint64_t m = -(uint64_t)(cond != 0);
+    return tg_bits_double((tg_double_bits(a) & m) | (tg_double_bits(b) & ~m));
 }
 
 /* exp(x) for float within about 1 ulp, branch-free. exp(x) = 2^n exp(r) with n = round(x / ln2),

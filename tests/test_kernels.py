@@ -170,11 +170,13 @@ def test_gelu_parity(dtype, n_threads, seed, shape):
 @elementwise_cases
 def test_relu2_parity_is_bitwise(dtype, n_threads, seed, shape):
     """max(x, 0)^2 and 2 max(x, 0) dout: products of the same values in the same order, so
-    the kernel's bits are the reference's (a zero's sign aside); NaN goes through both."""
+    the kernel's bits are the reference's (a zero's sign aside); NaN goes through both, and
+    -inf gives 0."""
     rng = np.random.default_rng(seed)
     x, dout = normal(rng, shape, dtype), normal(rng, shape, dtype)
     x.reshape(-1)[::7] = 0.0
     x.reshape(-1)[3::11] = np.nan
+    x.reshape(-1)[5::13] = -np.inf
     np.testing.assert_array_equal(on_kernels(n_threads, "relu2_forward", x), ref.relu2_forward(x))
     np.testing.assert_array_equal(on_kernels(n_threads, "relu2_backward", dout, x),
                                   ref.relu2_backward(dout, x))
