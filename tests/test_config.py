@@ -22,14 +22,14 @@ def test_train_model_keeps_the_labs_defaults_and_they_are_trainconfigs():
 
 def test_the_command_lines_defaults_are_the_measured_recipe():
     config = RunConfig()
-    assert (config.epochs, config.batch_size, config.seq_len, config.lr) == (12, 16, 128, 2.5e-3)
+    assert (config.epochs, config.batch_size, config.seq_len, config.lr) == (14, 16, 128, 2.5e-3)
     assert (config.d_model, config.n_heads, config.n_layers) == (128, 4, 5)
     assert (config.position, config.mlp) == ("rotary", "relu2")
     assert (config.weight_decay, config.ema_decay) == (0.6, 0.998)
     assert (config.optimizer, config.muon_lr, config.last_batch) == ("muon", 5e-3, "drop")
     assert config.model_max_seq_len == 128
     assert config.train_config() == TrainConfig(
-        epochs=12, batch_size=16, seq_len=128, lr=2.5e-3, weight_decay=0.6, ema_decay=0.998,
+        epochs=14, batch_size=16, seq_len=128, lr=2.5e-3, weight_decay=0.6, ema_decay=0.998,
         optimizer="muon", muon_lr=5e-3, last_batch="drop")
 
 
