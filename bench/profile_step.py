@@ -6,7 +6,9 @@ Times ``loss`` + ``backward`` + gradient clipping + AdamW of the lab's model (d_
 layers, 4 heads) at batch 64 x 128, the benchmark's training step, over ``--steps`` steps after
 3 warm-up steps, with every tinygpt.ops function wrapped in a timer. "everything else" is the
 step's time outside the ops (embeddings, residual adds, the token gradient, Python). The linear
-layers' GFLOP/s count 2NKM multiply-adds forward and 4NKM backward (dx and dW).
+layers' GFLOP/s count 2NKM multiply-adds forward and 4NKM backward (dx and dW); a linear layer
+that runs the MLP's activation too ("linear_forward + gelu") has a row of its own, whose
+GFLOP/s count the products alone.
 """
 import argparse
 import collections
@@ -49,10 +51,12 @@ def timed_ops(totals, flops):
         def run(*args, **kwargs):
             start = time.perf_counter()
             result = fn(*args, **kwargs)
-            totals[name] += time.perf_counter() - start
+            # a linear layer that runs its activation too is a row of its own
+            label = name + (f" + {kwargs['activation']}" if kwargs.get("activation") else "")
+            totals[label] += time.perf_counter() - start
             if name in LINEAR_FLOPS:
                 x, weight = (args[1], args[2]) if name == "linear_backward" else args[:2]
-                flops[name] += LINEAR_FLOPS[name] * x.shape[0] * x.shape[1] * weight.shape[1]
+                flops[label] += LINEAR_FLOPS[name] * x.shape[0] * x.shape[1] * weight.shape[1]
             return result
         return run
 

@@ -277,16 +277,30 @@ def snapshot(value):
 
 def capture_calls(names):
     """Op name -> (args, kwargs) of its largest call in one forward and backward pass of the
-    small model, with GPT-2's block and with OPTIONS, copied (the model reuses its buffers)."""
+    small model, with GPT-2's block and with OPTIONS, copied (the model reuses its buffers).
+
+    The MLP's activation runs inside its linear layers (linear_forward and linear_backward
+    with activation=...): those calls stand for the activation op's, on the same arrays, and
+    the linear op's own entry keeps its plain calls."""
     largest = {}
+
+    def keep(name, args, kwargs):
+        size = sum(a.size for a in (*args, *kwargs.values()) if isinstance(a, np.ndarray))
+        if name not in largest or size > largest[name][0]:
+            largest[name] = (size, [snapshot(a) for a in args],
+                             {key: snapshot(a) for key, a in kwargs.items()})
 
     def recording(name, fn):
         def record(*args, **kwargs):
-            size = sum(a.size for a in (*args, *kwargs.values()) if isinstance(a, np.ndarray))
-            if name not in largest or size > largest[name][0]:
-                largest[name] = (size, [snapshot(a) for a in args],
-                                 {key: snapshot(a) for key, a in kwargs.items()})
-            return fn(*args, **kwargs)
+            result = fn(*args, **kwargs)
+            activation = kwargs.get("activation")
+            if activation is None:
+                keep(name, args, kwargs)
+            elif name == "linear_forward":  # result: (pre, post = activation(pre))
+                keep(f"{activation}_forward", [result[0]], {"out": result[1]})
+            else:  # result[0]: the gradient at pre, in place of the one at the activation
+                keep(f"{activation}_backward", [result[0], kwargs["pre"]], {})
+            return result
         return record
 
     originals = {name: getattr(ops, name) for name in names}
@@ -301,7 +315,7 @@ def capture_calls(names):
     finally:
         for name, fn in originals.items():
             setattr(ops, name, fn)
-    return {name: (args, kwargs) for name, (_, args, kwargs) in largest.items()}
+    return {name: (args, kwargs) for name, (_, args, kwargs) in largest.items() if name in names}
 
 
 def kernel_cases(names):

@@ -22,6 +22,8 @@
     && !defined(TINYGPT_NO_DISPATCH)
 #define TG_LIN_SIMD 1
 #include <immintrin.h>
+#include "gelu.h"
+#include "relu2.h"
 #else
 #define TG_LIN_SIMD 0
 #endif
@@ -36,6 +38,10 @@ enum {
     TG_LIN_SEG_MAX = 8,    /* dweight segments, at most: partial sums to keep and add */
     TG_LIN_FWD_ROWS = 96   /* rows per forward work item */
 };
+
+/* The activation a linear layer can run on its output (forward) or had on its input
+   (backward), while a work item's rows are still in cache. */
+enum { TG_ACT_NONE = 0, TG_ACT_GELU = 1, TG_ACT_RELU2 = 2 };
 
 static inline ptrdiff_t tg_lin_min(ptrdiff_t a, ptrdiff_t b) { return a < b ? a : b; }
 static inline ptrdiff_t tg_lin_round_up(ptrdiff_t a, ptrdiff_t b) {
@@ -359,9 +365,29 @@ static void tg_lin_dweight_rows(const tg_lin_isa_t* t, const float* x, const flo
     }
 }
 
+/* post[:n] = act(pre[:n]): gelu.h's and relu2.h's loops, the ones their own kernels run. */
+static inline void tg_lin_act_forward(int act, const float* pre, float* post, ptrdiff_t n) {
+    if (act == TG_ACT_GELU)
+        tg_gelu_forward_f32(pre, post, n);
+    else if (act == TG_ACT_RELU2)
+        tg_relu2_forward_f32(pre, post, n);
+}
+
+/* d[:n] = d[:n] * act'(pre[:n]), in place: the gradient at act's output becomes the one at
+   its input (each element read before it is written). */
+static inline void tg_lin_act_backward(int act, float* d, const float* pre, ptrdiff_t n) {
+    if (act == TG_ACT_GELU)
+        tg_gelu_backward_f32(d, pre, d, n);
+    else if (act == TG_ACT_RELU2)
+        tg_relu2_backward_f32(d, pre, d, n);
+}
+
+/* out (N, M) = x @ w + bias + res; with act, post (N, M) = act(out) too, each work item's rows
+   while they are in cache. */
 static inline void tg_lin_forward_f32(const float* x, const float* w, const float* bias,
                                const float* res, ptrdiff_t N, ptrdiff_t K, ptrdiff_t M,
-                               float* out, float* scratch, int isa, int n_threads) {
+                               float* out, int act, float* post, float* scratch, int isa,
+                               int n_threads) {
     tg_lin_isa_t t = tg_lin_isa_get(isa);
     ptrdiff_t panels = (M + t.nr - 1) / t.nr;
     ptrdiff_t blocks = (N + TG_LIN_FWD_ROWS - 1) / TG_LIN_FWD_ROWS;
@@ -378,13 +404,18 @@ static inline void tg_lin_forward_f32(const float* x, const float* w, const floa
             ptrdiff_t rows = tg_lin_min(TG_LIN_FWD_ROWS, N - r0);
             tg_lin_rows_gemm(&t, x + r0 * K, K, rows, K, scratch, M, out + r0 * M, M, bias,
                              res ? res + r0 * M : NULL, M);
+            if (act)
+                tg_lin_act_forward(act, out + r0 * M, post + r0 * M, rows * M);
         }
     }
 }
 
+/* dx (N, K) = dout @ w^T, dw (K, M) = x^T @ dout, db = dout's column sums; with act, x was
+   act(pre), pre (N, K), and dx becomes the gradient at pre, chunk by chunk while in cache. */
 static inline void tg_lin_backward_f32(const float* dout, const float* x, const float* w,
-                                ptrdiff_t N, ptrdiff_t K, ptrdiff_t M, float* dx, float* dw,
-                                float* db, float* scratch, int isa, int n_threads) {
+                                ptrdiff_t N, ptrdiff_t K, ptrdiff_t M, int act,
+                                const float* pre, float* dx, float* dw, float* db,
+                                float* scratch, int isa, int n_threads) {
     tg_lin_isa_t t = tg_lin_isa_get(isa);
     ptrdiff_t panels = (K + t.nr - 1) / t.nr;
     ptrdiff_t seg = tg_lin_seg_rows(N), n_seg = tg_lin_segments(N);
@@ -413,6 +444,8 @@ static inline void tg_lin_backward_f32(const float* dout, const float* x, const 
                 ptrdiff_t rows = tg_lin_min(TG_LIN_CHUNK, end - r0);
                 tg_lin_rows_gemm(&t, dout + r0 * M, M, rows, M, packed, K, dx + r0 * K, K,
                                  NULL, NULL, 0);
+                if (act)
+                    tg_lin_act_backward(act, dx + r0 * K, pre + r0 * K, rows * K);
                 tg_lin_dweight_rows(&t, x + r0 * K, dout + r0 * M, rows, K, M, pdw, pdb,
                                     r0 > s * seg, buf);
             }

@@ -27,6 +27,13 @@ broadcasts of one operand times NR/V vectors of the other, one FMA per product.
 
 The AVX2 and AVX-512 kernels add the same products in the same order with FMA, so they give the
 same bits as each other (which of them runs depends on the CPU, the same for every thread).
+
+linear_act_forward and linear_act_backward (float32, own GEMM) run the MLP's activation inside
+the layer: forward, on each work item's output rows just written (fc's pre-activation and its
+activation); backward, on each chunk's dx just computed (fc2's dx, at the activation's output,
+becomes the gradient at its input). The rows are still in cache, which spares a pass over
+memory each way, and the loops are gelu.h's and relu2.h's, so the bits are those of the
+separate kernels.
 """
 import numpy as np
 
@@ -43,6 +50,7 @@ from kernel_checks cimport isa_level, require, thread_count
 cdef extern from "linear.h":
     enum: TG_LIN_MR_MAX, TG_LIN_NR_MAX, TG_LIN_MR_AVX2, TG_LIN_NR_AVX2, TG_LIN_CHUNK
     enum: TG_LIN_SEG_MIN, TG_LIN_SEG_MAX, TG_LIN_FWD_ROWS
+    enum: TG_ACT_GELU, TG_ACT_RELU2
     int tg_lin_cpu_isa() noexcept nogil
     Py_ssize_t tg_lin_backward_scratch(Py_ssize_t N, Py_ssize_t K, Py_ssize_t M,
                                        int n_threads) noexcept nogil
@@ -50,11 +58,12 @@ cdef extern from "linear.h":
     Py_ssize_t tg_lin_segments(Py_ssize_t N) noexcept nogil
     Py_ssize_t tg_lin_seg_rows(Py_ssize_t N) noexcept nogil
     void tg_lin_forward_f32(const float* x, const float* w, const float* bias, const float* res,
-                            Py_ssize_t N, Py_ssize_t K, Py_ssize_t M, float* out, float* scratch,
-                            int isa, int n_threads) noexcept nogil
+                            Py_ssize_t N, Py_ssize_t K, Py_ssize_t M, float* out, int act,
+                            float* post, float* scratch, int isa, int n_threads) noexcept nogil
     void tg_lin_backward_f32(const float* dout, const float* x, const float* w, Py_ssize_t N,
-                             Py_ssize_t K, Py_ssize_t M, float* dx, float* dw, float* db,
-                             float* scratch, int isa, int n_threads) noexcept nogil
+                             Py_ssize_t K, Py_ssize_t M, int act, const float* pre, float* dx,
+                             float* dw, float* db, float* scratch, int isa,
+                             int n_threads) noexcept nogil
 
 cdef int _cpu_isa = tg_lin_cpu_isa()
 cdef int _isa = _cpu_isa
@@ -203,7 +212,7 @@ def linear_forward(const floating[:, ::1] x not None, const floating[:, ::1] wei
     cdef int nt = thread_count(n_threads)
     if floating is float:  # the own GEMM is float32 by nature: the one branch on the dtype
         if _isa:
-            _forward_f32(x, weight, b, r, out, nt)
+            _forward_f32(x, weight, b, r, out, 0, None, nt)
             return
     with one_blas_thread():
         forward_impl(&x[0, 0], &weight[0, 0], b, r, N, K, M, &out[0, 0], nt)
@@ -218,23 +227,27 @@ cdef float* _aligned(float[::1] buffer):
 
 
 cdef _forward_f32(const float[:, ::1] x, const float[:, ::1] w, const float* bias,
-                  const float* residual, float[:, ::1] out, int nt):
+                  const float* residual, float[:, ::1] out, int act, float[:, ::1] post,
+                  int nt):
     cdef Py_ssize_t N = x.shape[0], K = x.shape[1], M = w.shape[1]
     buffer = np.empty(tg_lin_forward_scratch(K, M) + 16, np.float32)
     cdef float* scratch = _aligned(buffer)
+    cdef float* p = &post[0, 0] if act else NULL
     with nogil:
-        tg_lin_forward_f32(&x[0, 0], &w[0, 0], bias, residual, N, K, M, &out[0, 0], scratch,
-                           _isa, nt)
+        tg_lin_forward_f32(&x[0, 0], &w[0, 0], bias, residual, N, K, M, &out[0, 0], act, p,
+                           scratch, _isa, nt)
 
 
 cdef _backward_f32(const float[:, ::1] dout, const float[:, ::1] x, const float[:, ::1] w,
-                   float[:, ::1] dx, float[:, ::1] dw, float[::1] db, int nt):
+                   int act, const float[:, ::1] pre, float[:, ::1] dx, float[:, ::1] dw,
+                   float[::1] db, int nt):
     cdef Py_ssize_t N = x.shape[0], K = x.shape[1], M = w.shape[1]
     buffer = np.empty(tg_lin_backward_scratch(N, K, M, nt) + 16, np.float32)
     cdef float* scratch = _aligned(buffer)
+    cdef const float* p = &pre[0, 0] if act else NULL
     with nogil:
-        tg_lin_backward_f32(&dout[0, 0], &x[0, 0], &w[0, 0], N, K, M, &dx[0, 0], &dw[0, 0],
-                            &db[0], scratch, _isa, nt)
+        tg_lin_backward_f32(&dout[0, 0], &x[0, 0], &w[0, 0], N, K, M, act, p, &dx[0, 0],
+                            &dw[0, 0], &db[0], scratch, _isa, nt)
 
 
 def linear_backward(const floating[:, ::1] dout not None, const floating[:, ::1] x not None,
@@ -252,9 +265,52 @@ def linear_backward(const floating[:, ::1] dout not None, const floating[:, ::1]
     cdef int nt = thread_count(n_threads)
     if floating is float:  # the own GEMM, as in linear_forward
         if _isa:
-            _backward_f32(dout, x, weight, dx, dweight, dbias, nt)
+            _backward_f32(dout, x, weight, 0, None, dx, dweight, dbias, nt)
             return
     cdef floating[::1] partial = np.empty(max(1, (tg_lin_segments(N) - 1) * (K * M + M)),
                                           np.float32 if floating is float else np.float64)
     with one_blas_thread():
         backward_impl(dout, x, weight, dx, dweight, dbias, partial, nt)
+
+
+# The activations the own GEMM runs on a layer's output (forward) or had on its input
+# (backward): tinygpt.ops' names -> linear.h's codes.
+ACTIVATIONS = {"gelu": TG_ACT_GELU, "relu2": TG_ACT_RELU2}
+
+
+def linear_act_forward(const float[:, ::1] x not None, const float[:, ::1] weight not None,
+                       const float[::1] bias, str activation not None,
+                       float[:, ::1] out not None, float[:, ::1] post not None, int n_threads):
+    """float32 on the own GEMM: x (N, K), weight (K, M), bias (M,) or None
+    -> out (N, M) = x @ weight + bias and post (N, M) = activation(out), the activation run on
+    each work item's rows while they are in cache (the same bits as its own kernel)."""
+    cdef Py_ssize_t N = x.shape[0], K = x.shape[1], M = weight.shape[1]
+    check_sizes(N, K, M)
+    require(_isa != 0 and activation in ACTIVATIONS, "an activation on the own GEMM")
+    require(weight.shape[0] == K and out.shape[0] == N and out.shape[1] == M
+            and post.shape[0] == N and post.shape[1] == M
+            and (bias is None or bias.shape[0] == M),
+            "x (N, K), weight (K, M), bias (M,), out, post (N, M)")
+    cdef const float* b = NULL
+    if bias is not None:
+        b = &bias[0]
+    _forward_f32(x, weight, b, NULL, out, ACTIVATIONS[activation], post, thread_count(n_threads))
+
+
+def linear_act_backward(const float[:, ::1] dout not None, const float[:, ::1] x not None,
+                        const float[:, ::1] weight not None, str activation not None,
+                        const float[:, ::1] pre not None, float[:, ::1] dx not None,
+                        float[:, ::1] dweight not None, float[::1] dbias not None,
+                        int n_threads):
+    """float32 on the own GEMM: dout (N, M), then forward's x (N, K) = activation(pre (N, K))
+    and weight (K, M) -> dx (N, K), the gradient at pre, dweight (K, M), dbias (M,)."""
+    cdef Py_ssize_t N = x.shape[0], K = x.shape[1], M = weight.shape[1]
+    check_sizes(N, K, M)
+    require(_isa != 0 and activation in ACTIVATIONS, "an activation on the own GEMM")
+    require(weight.shape[0] == K and dout.shape[0] == N and dout.shape[1] == M
+            and pre.shape[0] == N and pre.shape[1] == K
+            and dx.shape[0] == N and dx.shape[1] == K and dweight.shape[0] == K
+            and dweight.shape[1] == M and dbias.shape[0] == M,
+            "dout (N, M), x, pre, dx (N, K), weight, dweight (K, M), dbias (M,)")
+    _backward_f32(dout, x, weight, ACTIVATIONS[activation], pre, dx, dweight, dbias,
+                  thread_count(n_threads))

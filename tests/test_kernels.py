@@ -420,6 +420,44 @@ def test_every_float32_linear_path_at_its_block_boundaries(n, k, m):
             np.testing.assert_array_equal(a, b)
 
 
+# A linear layer with an activation: the MLP's fc forward (pre, post = act(pre)) and fc2's
+# backward (dx at the activation's input). On the own float32 GEMM the activation runs on each
+# work item's rows inside the kernel; elsewhere (float64, BLAS, NumPy) as an op of its own.
+# Either way the bits are those of the two ops in turn. (n, k, m) on each side of the forward
+# rows and the backward chunks, and a single row.
+FUSED_SHAPES = [(1, 1, 1), (FORWARD_ROWS - 1, 7, NR + 1), (FORWARD_ROWS + 1, MR, 2 * NR),
+                (CHUNK - 1, 33, 65), (CHUNK + 1, 16, NR_AVX2 - 1), (2 * SEGMENT + 3, 12, 40)]
+
+
+@pytest.mark.parametrize("activation", ops.ACTIVATIONS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n_threads", THREADS)
+@pytest.mark.parametrize("n,k,m", FUSED_SHAPES)
+def test_linear_with_an_activation_gives_the_bits_of_the_two_ops(activation, dtype, n_threads,
+                                                                 n, k, m):
+    rng = np.random.default_rng(n * 1000 + k * 10 + m)
+    x, w, bias = normal(rng, (n, k), dtype), normal(rng, (k, m), dtype), normal(rng, m, dtype)
+    w2, dout = normal(rng, (m, k), dtype), normal(rng, (n, k), dtype)
+    forward, backward = f"{activation}_forward", f"{activation}_backward"
+    paths = _paths(_linear, ("avx512", "avx2", "blas")) if dtype == np.float32 else [None]
+    try:
+        for path in paths:
+            _linear._use_isa(path)
+            pre, post = on_kernels(n_threads, "linear_forward", x, w, bias, activation=activation)
+            np.testing.assert_array_equal(pre, on_kernels(n_threads, "linear_forward", x, w, bias))
+            np.testing.assert_array_equal(post, on_kernels(n_threads, forward, pre))
+            got = on_kernels(n_threads, "linear_backward", dout, post, w2, activation=activation,
+                             pre=pre)
+            dpost, *expected = on_kernels(n_threads, "linear_backward", dout, post, w2)
+            for a, e in zip(got, (on_kernels(n_threads, backward, dpost, pre), *expected)):
+                np.testing.assert_array_equal(a, e)
+    finally:
+        _linear._use_isa(None)
+    # and on the NumPy reference: the same formulas, to rounding
+    ref_pre = ref.linear_forward(x, w, bias)
+    assert_close("post", post, getattr(ref, forward)(ref_pre), dtype, terms=k + 2, c=8)
+
+
 # --------------------------------------------------------------------------------- headers
 
 CSRC = Path(__file__).resolve().parent.parent / "csrc"
@@ -550,6 +588,14 @@ BAD_CALLS = [
     (ValueError, "residual", lambda: LIN_F(x, LW, None, np.zeros((5, 4), np.float32))),
     (ValueError, "dout", lambda: LIN_B(np.zeros((6, 5), np.float32), x, LW)),
     (ValueError, "must not be empty", lambda: LIN_F(x[:0], LW)),
+    (ValueError, "activation must be one of", lambda: LIN_F(x, LW, activation="tanh")),
+    (ValueError, "not both", lambda: LIN_F(x, LW, None, x @ LW, activation="gelu")),
+    (ValueError, "together", lambda: LIN_B(x @ LW, x, LW, activation="gelu")),
+    (ValueError, "together", lambda: LIN_B(x @ LW, x, LW, pre=x)),
+    (ValueError, "pre must have shape", lambda: LIN_B(x @ LW, x, LW, activation="relu2", pre=x[1:])),
+    (TypeError, "pre", lambda: LIN_B(x @ LW, x, LW, activation="relu2", pre=x.astype(np.float64))),
+    (ValueError, "2 arrays", lambda: LIN_F(x, LW, activation="relu2", out=(x @ LW,))),
+    (ValueError, "overlaps", lambda: LIN_F(x, LW, activation="gelu", out=(x @ LW,) * 2)),
     # out-of-range targets: the message gives the value and the index
     (ValueError, "target 7 at index 2", lambda: XENT(A["logits"], A["targets"] + (np.arange(6) == 2))),
     (ValueError, "target -2 at index 3", lambda: XENT(A["logits"], A["targets"] - (np.arange(6) == 3))),
@@ -624,6 +670,13 @@ def _direct_calls():
                 z(5, f32)),
         lin_bwd(z((4, 5), f64), z((4, 3), f64), z((3, 5), f64), z((4, 3), f64), z((3, 5), f64),
                 z(4, f64)),
+        lambda: _linear.linear_act_forward(z((4, 3), f32), z((3, 5), f32), None, "gelu",
+                                           z((4, 5), f32), z((3, 5), f32), 1),  # post short
+        lambda: _linear.linear_act_forward(z((4, 3), f32), z((3, 5), f32), None, "tanh",
+                                           z((4, 5), f32), z((4, 5), f32), 1),
+        lambda: _linear.linear_act_backward(z((4, 5), f32), z((4, 3), f32), z((3, 5), f32),
+                                            "relu2", z((2, 3), f32), z((4, 3), f32),
+                                            z((3, 5), f32), z(5, f32), 1),  # pre short
     ]
 
 

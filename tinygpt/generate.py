@@ -53,13 +53,16 @@ class RowOps:
             y += bias
         return out
 
-    @staticmethod
-    def linear_forward(x, weight, bias=None, residual=None, *, out):
-        np.matmul(x, weight, out=out)
+    def linear_forward(self, x, weight, bias=None, residual=None, *, activation=None, out):
+        """out = residual + x @ weight + bias; with an activation, out = (pre, post)."""
+        pre = out if activation is None else out[0]
+        np.matmul(x, weight, out=pre)
         if bias is not None:
-            out += bias
+            pre += bias
         if residual is not None:
-            out += residual
+            pre += residual
+        if activation is not None:
+            getattr(self, f"{activation}_forward")(pre, out=out[1])
         return out
 
     def gelu_forward(self, x, *, out):

@@ -33,7 +33,7 @@ from . import ops
 
 INIT_STD = 0.02
 POSITIONS = ("learned", "rotary")
-MLPS = ("gelu", "relu2")
+MLPS = ops.ACTIVATIONS
 ROTARY_BASE = 10000.0
 
 
@@ -206,7 +206,6 @@ class BackwardScratch:
     dln: np.ndarray       # (N, C)
     datt: np.ndarray      # (N, C)
     dqkv: np.ndarray      # (B, T, 3C)
-    dact: np.ndarray      # (N, 4C)
     dfc: np.ndarray       # (N, 4C)
     dbranch: Optional[np.ndarray] = None  # (N, C) a dropped branch's gradient, or None
 
@@ -245,7 +244,7 @@ def _new_backward_scratch(cfg, B, T, dtype, dropout):
 
     return BackwardScratch(dlogits=new(N, V), dhead_b=new(V), dx=new(N, C), dx_ln=new(N, C),
                            dln=new(N, C), datt=new(N, C), dqkv=new(B, T, 3 * C),
-                           dact=new(N, 4 * C), dfc=new(N, 4 * C),
+                           dfc=new(N, 4 * C),
                            dbranch=new(N, C) if dropout else None)
 
 
@@ -296,11 +295,7 @@ def block_forward(k, cfg, w, a, attend, rope, dropout):
     _residual_forward(k, a.att.reshape(B * T, C), w.proj_w, w.proj_b, a.x, a.x_mid,
                       a.mask_att, dropout)
     k.layernorm_forward(a.x_mid, w.ln2_w, w.ln2_b, out=(a.ln2, a.mean2, a.rstd2))
-    k.linear_forward(a.ln2, w.fc_w, w.fc_b, out=a.fc)
-    if cfg.mlp == "relu2":
-        k.relu2_forward(a.fc, out=a.act)
-    else:
-        k.gelu_forward(a.fc, out=a.act)
+    k.linear_forward(a.ln2, w.fc_w, w.fc_b, activation=cfg.mlp, out=(a.fc, a.act))
     _residual_forward(k, a.act, w.fc2_w, w.fc2_b, a.x_mid, a.x_out, a.mask_mlp, dropout)
 
 
@@ -311,11 +306,8 @@ def block_backward(cfg, w, dw, a, s, rope, dropout):
     N = B * T
     # MLP: x_out = x_mid + fc2(act(fc(ln2(x_mid))))
     dbranch = _residual_backward(s, a.mask_mlp, dropout)
-    ops.linear_backward(dbranch, a.act, w.fc2_w, out=(s.dact, dw.fc2_w, dw.fc2_b))
-    if cfg.mlp == "relu2":
-        ops.relu2_backward(s.dact, a.fc, out=s.dfc)
-    else:
-        ops.gelu_backward(s.dact, a.fc, out=s.dfc)
+    ops.linear_backward(dbranch, a.act, w.fc2_w, activation=cfg.mlp, pre=a.fc,
+                        out=(s.dfc, dw.fc2_w, dw.fc2_b))
     ops.linear_backward(s.dfc, a.ln2, w.fc_w, out=(s.dln, dw.fc_w, dw.fc_b))
     ops.layernorm_backward(s.dln, a.x_mid, w.ln2_w, a.mean2, a.rstd2,
                            out=(s.dx_ln, dw.ln2_w, dw.ln2_b))

@@ -275,9 +275,35 @@ def _expect_matmul(x, weight):
 
 # ---------------------------------------------------------------- ops
 
-def linear_forward(x, weight, bias=None, residual=None, *, out=None):
+ACTIVATIONS = ("gelu", "relu2")  # what a linear layer can run on its output
+
+
+def _expect_activation(activation):
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {ACTIVATIONS} or None, got {activation!r}")
+
+
+def _fused_linear(op, dtype):
+    """_linear's op (linear_act_forward or _backward), which runs the activation on each work
+    item's rows while they are in cache: where linear runs compiled on its own float32 GEMM.
+    None elsewhere: the activation is then an op of its own."""
+    if _kernel("linear_forward") is None or dtype != np.float32:
+        return None
+    linear = importlib.import_module("tinygpt._linear")
+    return getattr(linear, op) if linear._kernel_isa() != "blas" else None
+
+
+def _new_or(out, shapes, dtype):
+    """out, or new arrays of the shapes."""
+    return out if out is not None else tuple(np.empty(shape, dtype) for shape in shapes)
+
+
+def linear_forward(x, weight, bias=None, residual=None, *, activation=None, out=None):
     """x (N, K), weight (K, M), bias (M,) or None, residual (N, M) or None
-    -> out (N, M) = residual + x @ weight + bias."""
+    -> out (N, M) = residual + x @ weight + bias.
+
+    With an activation ("gelu" or "relu2"; no residual then): out is (pre, post), each (N, M):
+    pre = x @ weight + bias and post = activation(pre), the same bits as the two ops."""
     optional = {name: a for name, a in (("bias", bias), ("residual", residual)) if a is not None}
     x, weight, *rest = _float_arrays(x=x, weight=weight, **optional)
     optional = dict(zip(optional, rest))
@@ -287,20 +313,54 @@ def linear_forward(x, weight, bias=None, residual=None, *, out=None):
     if "residual" in optional:
         _expect_shape("residual", optional["residual"], (x.shape[0], weight.shape[1]))
     shape = (x.shape[0], weight.shape[1])
-    _expect_out(out, [("out", shape)], x.dtype, (x, weight, *optional.values()))
-    return _run("linear_forward", (x, weight, optional.get("bias"), optional.get("residual")),
-                out, [shape])
+    inputs = (x, weight, *optional.values())
+    if activation is None:
+        _expect_out(out, [("out", shape)], x.dtype, inputs)
+        return _run("linear_forward", (x, weight, optional.get("bias"),
+                                       optional.get("residual")), out, [shape])
+    _expect_activation(activation)
+    if "residual" in optional:
+        raise ValueError("linear_forward takes a residual or an activation, not both")
+    _expect_out(out, [("pre", shape), ("post", shape)], x.dtype, inputs)
+    pre, post = _new_or(out, [shape, shape], x.dtype)
+    fused = _fused_linear("linear_act_forward", x.dtype)
+    if fused is not None:
+        fused(x, weight, optional.get("bias"), activation, pre, post, _state["threads"])
+    else:
+        _run("linear_forward", (x, weight, optional.get("bias"), None), pre, [shape])
+        _elementwise(f"{activation}_forward", (pre,), post)
+    return pre, post
 
 
-def linear_backward(dout, x, weight, *, out=None):
-    """dout (N, M), then forward's x (N, K), weight (K, M) -> dx (N, K), dweight, dbias (M,)."""
-    dout, x, weight = _float_arrays(dout=dout, x=x, weight=weight)
+def linear_backward(dout, x, weight, *, activation=None, pre=None, out=None):
+    """dout (N, M), then forward's x (N, K), weight (K, M) -> dx (N, K), dweight, dbias (M,).
+
+    With an activation ("gelu" or "relu2") and pre (N, K): x was activation(pre), and dx is the
+    gradient at pre (the same bits as this op and the activation's backward in turn)."""
+    if (activation is None) != (pre is None):
+        raise ValueError("linear_backward takes activation and pre together")
+    pre = {} if pre is None else {"pre": pre}
+    dout, x, weight, *pre = _float_arrays(dout=dout, x=x, weight=weight, **pre)
     _expect_matmul(x, weight)
     (N, K), M = x.shape, weight.shape[1]
     _expect_shape("dout", dout, (N, M))
     shapes = [(N, K), (K, M), (M,)]
-    _expect_out(out, list(zip(("dx", "dweight", "dbias"), shapes)), x.dtype, (dout, x, weight))
-    return _run("linear_backward", (dout, x, weight), out, shapes)
+    _expect_out(out, list(zip(("dx", "dweight", "dbias"), shapes)), x.dtype,
+                (dout, x, weight, *pre))
+    if activation is None:
+        return _run("linear_backward", (dout, x, weight), out, shapes)
+    _expect_activation(activation)
+    (pre,) = pre
+    _expect_shape("pre", pre, (N, K))
+    dx, dweight, dbias = _new_or(out, shapes, x.dtype)
+    fused = _fused_linear("linear_act_backward", x.dtype)
+    if fused is not None:
+        fused(dout, x, weight, activation, pre, dx, dweight, dbias, _state["threads"])
+    else:
+        dpost = np.empty_like(dx)  # the gradient at x, activation's output
+        _run("linear_backward", (dout, x, weight), (dpost, dweight, dbias), shapes)
+        _elementwise(f"{activation}_backward", (dpost, pre), dx)
+    return dx, dweight, dbias
 
 
 def layernorm_forward(x, weight, bias, eps=1e-5, *, out=None):
