@@ -53,6 +53,15 @@ def test_default_backend_is_auto_and_threads_follow_the_cpu_affinity():
     assert out.stdout.split() == ["auto", "1"], out.stderr
 
 
+def test_idle_kernel_threads_spin_briefly_unless_the_user_said_otherwise():
+    """tinygpt sets GOMP_SPINCOUNT before its kernels load libgomp; a value already set stays."""
+    code = "import os, tinygpt; print(os.environ['GOMP_SPINCOUNT'])"
+    env = {k: v for k, v in os.environ.items() if k != "GOMP_SPINCOUNT"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.stdout.split() == ["10000"], out.stderr
+    assert run_python(code, {"GOMP_SPINCOUNT": "500"}).stdout.split() == ["500"]
+
+
 def test_op_backends_and_summary_follow_the_backend():
     with ops.using_backend("numpy"):
         assert set(ops.op_backends().values()) == {"numpy"}

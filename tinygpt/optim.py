@@ -304,9 +304,9 @@ def lr_at(step, base_lr, warmup_steps, total_steps, min_ratio=0.1):
 def clip_grad_norm(grads, max_norm):
     """Scale grads in place so their global L2 norm is at most max_norm; return the norm before.
 
-    The dot product runs on one BLAS thread: the same bits on any number of threads, and no
-    OpenBLAS thread left spinning after it (it kept a core busy into the next step's kernels:
-    about 10 ms of a 125 ms step of the default model)."""
+    The dot product runs on one BLAS thread, so that no OpenBLAS thread is left spinning after
+    it: one kept a core busy into the next step's kernels, about 10 ms of a 125 ms step of the
+    default model."""
     with one_blas_thread():
         norm = float(np.sqrt(np.dot(grads, grads)))
     if max_norm and norm > max_norm:
