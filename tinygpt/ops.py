@@ -339,18 +339,18 @@ def linear_backward(dout, x, weight, *, activation=None, pre=None, out=None):
     gradient at pre (the same bits as this op and the activation's backward in turn)."""
     if (activation is None) != (pre is None):
         raise ValueError("linear_backward takes activation and pre together")
-    pre = {} if pre is None else {"pre": pre}
-    dout, x, weight, *pre = _float_arrays(dout=dout, x=x, weight=weight, **pre)
+    optional = {} if pre is None else {"pre": pre}
+    dout, x, weight, *rest = _float_arrays(dout=dout, x=x, weight=weight, **optional)
     _expect_matmul(x, weight)
     (N, K), M = x.shape, weight.shape[1]
     _expect_shape("dout", dout, (N, M))
     shapes = [(N, K), (K, M), (M,)]
     _expect_out(out, list(zip(("dx", "dweight", "dbias"), shapes)), x.dtype,
-                (dout, x, weight, *pre))
+                (dout, x, weight, *rest))
     if activation is None:
         return _run("linear_backward", (dout, x, weight), out, shapes)
     _expect_activation(activation)
-    (pre,) = pre
+    (pre,) = rest
     _expect_shape("pre", pre, (N, K))
     dx, dweight, dbias = _new_or(out, shapes, x.dtype)
     fused = _fused_linear("linear_act_backward", x.dtype)
