@@ -17,6 +17,7 @@ def test_train_model_keeps_the_labs_defaults_and_they_are_trainconfigs():
     config = TrainConfig()
     assert {name: getattr(config, name) for name in defaults} == defaults
     assert (config.weight_decay, config.ema_decay, config.warmup_steps) == (0.01, 0.0, 100)
+    assert config.min_lr_ratio == 0.1
     assert (config.optimizer, config.last_batch) == ("adamw", "keep")  # the lab's behaviour
 
 
@@ -43,6 +44,8 @@ def test_values_are_checked_once_with_messages_naming_the_setting():
                        (dict(mlp="swiglu"), "mlp must be one of gelu, relu2"),
                        (dict(optimizer="Muon"), "optimizer must be one of adamw, muon"),
                        (dict(muon_momentum=-0.1), "muon_momentum must lie in"),
+                       (dict(min_lr_ratio=1.5), "min_lr_ratio must lie in"),
+                       (dict(min_lr_ratio=-0.1), "min_lr_ratio must be a number >= 0"),
                        (dict(last_batch=None), "last_batch must be a string")]:
         with pytest.raises(ValueError, match=match):
             RunConfig(**bad)

@@ -74,13 +74,15 @@ def test_weight_average_follows_its_formula_and_swaps_in_and_out():
         other.load_state(np.ones(3), 1)
 
 
-def test_schedule_warms_up_linearly_then_decays_to_a_tenth():
-    lrs = [lr_at(s, 1.0, 10, 110) for s in range(120)]
+@pytest.mark.parametrize("min_ratio", [0.1, 0.0])
+def test_schedule_warms_up_linearly_then_decays_to_its_floor(min_ratio):
+    lrs = [lr_at(s, 1.0, 10, 110, min_ratio) for s in range(120)]
     np.testing.assert_allclose(lrs[:10], np.arange(1, 11) / 10)
     assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
-    assert lrs[60] == pytest.approx(0.55)  # halfway through the cosine
-    assert lrs[110] == pytest.approx(0.1) and lrs[119] == pytest.approx(0.1)
-    assert lr_at(0, 1.0, 0, 10) == pytest.approx(1.0)
+    assert lrs[60] == pytest.approx((1 + min_ratio) / 2)  # halfway through the cosine
+    assert lrs[110] == pytest.approx(min_ratio, abs=1e-15)
+    assert lrs[119] == pytest.approx(min_ratio, abs=1e-15)
+    assert lr_at(0, 1.0, 0, 10, min_ratio) == pytest.approx(1.0)
 
 
 def test_clipping_scales_to_max_norm_and_reports_the_norm_before():

@@ -1,6 +1,7 @@
 """``tinygpt train --resume`` continues bitwise where the run was stopped: right after an
 evaluation, at an epoch boundary, and on another number of threads; with AdamW and every
-epoch's short last batch, and with Muon and the short batches dropped.
+epoch's short last batch, and with Muon, the short batches dropped and the learning rate
+decayed to zero.
 
 Each run is ``tinygpt.train.main`` in this process. The stop is asked for from the run's own
 step callback, at a chosen step, by setting ``trainer.stop_requested``: what the Ctrl-C handler
@@ -31,6 +32,7 @@ TIMING = ("tokens_per_sec", "eval_seconds")  # history entries that measure the 
 class Recipe:
     optimizer: str
     last_batch: str
+    min_lr_ratio: float
     steps_per_epoch: int  # 4 batches of 13 windows, or the 3 full ones
 
     @property
@@ -38,7 +40,7 @@ class Recipe:
         return self.steps_per_epoch * EPOCHS
 
 
-ADAMW_KEEP, MUON_DROP = Recipe("adamw", "keep", 4), Recipe("muon", "drop", 3)
+ADAMW_KEEP, MUON_DROP = Recipe("adamw", "keep", 0.1, 4), Recipe("muon", "drop", 0.0, 3)
 
 
 def recipe_id(recipe):
@@ -63,6 +65,7 @@ def text_file(tmp_path_factory, shakespeare_text):
 def flags(text_file, out, recipe, threads=1):
     return ["--data", str(text_file), "--out-dir", str(out), "--threads", str(threads),
             "--optimizer", recipe.optimizer, "--last-batch", recipe.last_batch,
+            "--min-lr-ratio", str(recipe.min_lr_ratio),
             "--d-model", "16", "--n-heads", "2", "--n-layers", "2",
             "--seq-len", str(SEQ_LEN), "--batch-size", str(BATCH), "--epochs", str(EPOCHS),
             "--eval-interval", str(EVAL_INTERVAL), "--checkpoint-interval", "100",
@@ -176,12 +179,13 @@ def test_resume_on_another_number_of_threads(tmp_path, text_file, recipe, uninte
 
 
 def forget_new_settings(out):
-    """Rewrite ckpt.npz as a version before Muon wrote it: no optimizer, muon_momentum or
-    last_batch in its settings (AdamW and every short batch were all there was)."""
+    """Rewrite ckpt.npz as a version before Muon wrote it: no optimizer, muon_momentum,
+    last_batch or min_lr_ratio in its settings (AdamW, every short batch and a cosine down to a
+    tenth were all there was)."""
     with np.load(out / "ckpt.npz") as f:
         arrays = {name: f[name] for name in f.files}
     meta = json.loads(str(arrays["meta"]))
-    for name in ("optimizer", "muon_momentum", "last_batch"):
+    for name in ("optimizer", "muon_momentum", "last_batch", "min_lr_ratio"):
         del meta["extra"]["config"][name]
     arrays["meta"] = np.array(json.dumps(meta))
     buffer = io.BytesIO()
@@ -194,6 +198,7 @@ class MuonByDefault(config.RunConfig):
     """The command line's settings if Muon and dropping became its defaults."""
     optimizer: str = config._setting("muon", "")
     last_batch: str = config._setting("drop", "")
+    min_lr_ratio: float = config._setting(0.0, "")
 
 
 @pytest.mark.parametrize("recipe", [ADAMW_KEEP], indirect=True, ids=recipe_id)

@@ -36,7 +36,10 @@ class TrainConfig:
     grad_accum: int = _setting(1, "micro-batches per rank whose gradients are summed before each "
                                   "step (the batch must divide by ranks x grad_accum)")
     seq_len: int = _setting(64, "characters per training sequence")
-    lr: float = _setting(1e-3, "peak learning rate (linear warmup, then cosine decay to a tenth)")
+    lr: float = _setting(1e-3, "peak learning rate (linear warmup, then cosine decay to "
+                               "min_lr_ratio of it)")
+    min_lr_ratio: float = _setting(0.1, "learning rate at the end of the cosine decay, as a "
+                                        "fraction of the peak")
     warmup_steps: int = _setting(100, "steps of linear learning-rate warmup")
     weight_decay: float = _setting(0.01, "decoupled weight decay (matrices and "
                                          "embeddings only)")
@@ -68,12 +71,15 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "grad_accum", "seq_len", "eval_interval",
                      "eval_batches", "max_steps"):
             _at_least(name, getattr(self, name), 1)
-        for name in ("warmup_steps", "weight_decay", "max_grad_norm", "ema_decay"):
+        for name in ("warmup_steps", "weight_decay", "max_grad_norm", "ema_decay",
+                     "min_lr_ratio"):
             _at_least(name, getattr(self, name), 0)
         for name in ("lr", "muon_lr"):
             if getattr(self, name) is not None and not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be a finite number > 0, got "
                                  f"{getattr(self, name)!r}")
+        if not self.min_lr_ratio <= 1:
+            raise ValueError(f"min_lr_ratio must lie in [0, 1], got {self.min_lr_ratio!r}")
         if not self.ema_decay < 1:
             raise ValueError(f"ema_decay must lie in [0, 1), got {self.ema_decay!r}")
         if not 0 <= self.muon_momentum < 1:

@@ -291,7 +291,7 @@ class WeightAverage:
         self.t = int(t)
 
 
-def lr_at(step, base_lr, warmup_steps, total_steps, min_ratio=0.1):
+def lr_at(step, base_lr, warmup_steps, total_steps, min_ratio):
     """Linear warmup over ``warmup_steps``, then cosine decay to ``min_ratio * base_lr`` at the end."""
     if step < warmup_steps:
         return base_lr * (step + 1) / warmup_steps

@@ -26,7 +26,7 @@ OUTPUTS = ("ckpt.npz", "best.npz", "history.json", "loss.png", "samples.txt")  #
 # what runs did before these settings existed: a checkpoint that lacks one resumes with this
 # value, whatever the default has become since
 BEFORE_THE_SETTING = {"optimizer": "adamw", "last_batch": "keep", "position": "learned",
-                      "mlp": "gelu"}
+                      "mlp": "gelu", "min_lr_ratio": 0.1}
 
 
 def flag(name):

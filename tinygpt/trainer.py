@@ -188,7 +188,8 @@ class Trainer:
         if not math.isfinite(loss):
             raise FloatingPointError(f"loss became {loss} at step {self.step}; stopping")
         grad_norm = clip_grad_norm(self.model.grads, self.config.max_grad_norm)
-        lr = lr_at(self.step, self.config.lr, self.config.warmup_steps, self.total_steps)
+        lr = lr_at(self.step, self.config.lr, self.config.warmup_steps, self.total_steps,
+                   self.config.min_lr_ratio)
         self.optimizer.step(lr)
         if self.average is not None:
             self.average.update()
