@@ -27,11 +27,11 @@ def test_the_command_lines_defaults_are_the_measured_recipe():
     assert (config.d_model, config.n_heads, config.n_layers) == (128, 4, 5)
     assert (config.position, config.mlp) == ("rotary", "relu2")
     assert (config.weight_decay, config.ema_decay) == (0.6, 0.998)
-    assert (config.optimizer, config.muon_lr, config.last_batch) == ("muon", 5e-3, "drop")
+    assert (config.optimizer, config.muon_lr, config.last_batch) == ("muon", 3e-3, "drop")
     assert config.model_max_seq_len == 128
     assert config.train_config() == TrainConfig(
         epochs=14, batch_size=16, seq_len=128, lr=2.5e-3, weight_decay=0.6, ema_decay=0.998,
-        optimizer="muon", muon_lr=5e-3, last_batch="drop")
+        optimizer="muon", muon_lr=3e-3, last_batch="drop")
 
 
 def test_values_are_checked_once_with_messages_naming_the_setting():
