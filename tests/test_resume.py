@@ -195,7 +195,7 @@ def forget_new_settings(out):
 
 @dataclasses.dataclass(frozen=True)
 class MuonByDefault(config.RunConfig):
-    """The command line's settings if Muon and dropping became its defaults."""
+    """The command line's settings if Muon, dropping and a decay to zero became its defaults."""
     optimizer: str = config._setting("muon", "")
     last_batch: str = config._setting("drop", "")
     min_lr_ratio: float = config._setting(0.0, "")
