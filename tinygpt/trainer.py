@@ -262,14 +262,14 @@ def train_model(model: TinyGPT, train_data, epochs: int = TrainConfig.epochs,
 
     One epoch is one pass over train_data in shuffled non-overlapping windows from a random
     offset. ``options`` are the other TrainConfig settings: warmup_steps=100,
-    min_lr_ratio=0.1 (the cosine's end, as a fraction of lr), weight_decay=0.01, optimizer="adamw" ("muon": Muon for the blocks' matrices),
-    muon_momentum=0.95, muon_lr=lr, last_batch="keep" ("drop": no short batch at an epoch's end),
-    max_grad_norm=1.0, ema_decay=0 (> 0: evaluate an exponential moving
-    average of the weights, and leave it in the model), eval_interval (default: a tenth of the
-    run), eval_batches (default: the whole of val_data), max_steps (replaces the epoch count),
-    grad_accum=1, seed=0. ``val_data`` is evaluated every eval_interval steps; ``callback``
-    is called with a dict after every step; ``progress`` shows a progress bar (tqdm's, in a
-    terminal or a notebook).
+    min_lr_ratio=0.1 (the cosine's end, as a fraction of lr), weight_decay=0.01,
+    optimizer="adamw" ("muon": Muon for the blocks' matrices), muon_momentum=0.95, muon_lr=lr,
+    last_batch="keep" ("drop": no short batch at an epoch's end), max_grad_norm=1.0,
+    ema_decay=0 (> 0: evaluate an exponential moving average of the weights, and leave it in
+    the model), eval_interval (default: a tenth of the run), eval_batches (default: the whole
+    of val_data), max_steps (replaces the epoch count), grad_accum=1, seed=0.
+    ``val_data`` is evaluated every eval_interval steps; ``callback`` is called with a dict
+    after every step; ``progress`` shows a progress bar (tqdm's, in a terminal or a notebook).
     History keys: step, train_loss, lr, grad_norm, tokens_per_sec (per step) and eval_step,
     eval_seconds (training wall time so far), val_loss, val_perplexity (per evaluation).
     """
