@@ -43,11 +43,12 @@ LEVERS = {
     "Muon": {"optimizer": "adamw"},
     "dropping the short batch": {"last_batch": "keep"},
     "weight decay 0.6": {"weight_decay": 0.1},
+    "the weight average": {"ema_decay": 0.0},
 }
 TIMED_STEPS = 12  # per variant and round, after 3 warm-up steps
 
 
-def step_seconds(settings, rounds=3):
+def step_seconds(settings, rounds=10):
     """Median seconds of a training step of each variant (name -> settings), timed in turns on
     random tokens with the variant's model and optimizer."""
     tokens = np.random.default_rng(0).integers(0, 65, 200_000)
