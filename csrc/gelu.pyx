@@ -5,9 +5,10 @@ The array is treated as flat and cut into fixed spans of SPAN elements, one pran
 each (elementwise, so any thread count gives the same bits).
 
 float64 follows the reference formula with libm tanh. float32, the training dtype, has its
-span loops in C, in gelu.h (to carry kernel_math.h's TG_DISPATCH: AVX2+FMA where the CPU has
-it), and writes the same function through e = exp(-2|u|), which is branch-free (so the loops
-vectorize) and avoids the cancellation in 1 + tanh(u) and 1 - tanh(u)^2 near tanh = -1 and +1:
+span loops in C, in gelu.h (to carry kernel_math.h's TG_DISPATCH: AVX-512 or AVX2+FMA where
+the CPU has it), and writes the same function through e = exp(-2|u|), which is branch-free (so
+the loops vectorize) and avoids the cancellation in 1 + tanh(u) and 1 - tanh(u)^2 near
+tanh = -1 and +1:
     for u >= 0: 1 + t = 2 / (1 + e),  1 - t = 2e / (1 + e)   (swapped for u < 0)
     1 - t^2 = (1 + t)(1 - t)
 It is more accurate than NumPy's float32 reference (see tests/test_kernels.py).

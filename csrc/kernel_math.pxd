@@ -8,8 +8,8 @@
 #   * Results must not depend on the thread count: sums use LANES interleaved partial sums,
 #     combined in one fixed order. The same bits on any number of threads, and a shape that GCC
 #     turns into SIMD adds without reordering anything itself.
-#   * The exp-heavy float32 loops carry TG_DISPATCH (kernel_math.h) to run on AVX2+FMA where the CPU has
-#     it, while the build itself stays portable (no -march=native).
+#   * The exp-heavy float32 loops carry TG_DISPATCH (kernel_math.h) to run on AVX-512 or AVX2+FMA
+#     where the CPU has it, while the build itself stays portable (no -march=native).
 from cython cimport floating
 from libc.math cimport exp, log, logf, sqrt, sqrtf
 

@@ -481,6 +481,17 @@ def test_header_compiles_alone_without_warnings(header, flags, tmp_path):
     assert done.returncode == 0, done.stderr
 
 
+@pytest.mark.parametrize("module", [_cross_entropy, _gelu, _linear, _relu2],
+                         ids=lambda m: m.__name__)
+def test_dispatched_loops_have_an_avx512_clone(module):
+    """kernel_math.h's TG_DISPATCH clones each loop it marks for AVX-512 (x86-64-v4) beside
+    AVX2 (x86-64-v3): a build with the dispatch holds both clones, one without it neither."""
+    binary = Path(module.__file__).read_bytes()
+    assert (b"arch_x86_64_v3" in binary) == (b"arch_x86_64_v4" in binary)
+    if _attention._kernel_isa() != "plain":  # a build with the dispatch, on a SIMD CPU
+        assert b"arch_x86_64_v4" in binary
+
+
 # ----------------------------------------------------------------------------- determinism
 
 def _default_like_calls(dtype):
