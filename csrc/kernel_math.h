@@ -12,10 +12,10 @@
    x86-64-v4 (AVX-512), x86-64-v3 (AVX2, FMA) and the baseline, and the dynamic loader picks
    the best the CPU runs (on the AMD EPYC, v4 made GELU 1.6 times as fast as v3). Every thread
    of a process uses the same clone, so results stay identical across thread counts. Each
-   value is computed alone, so v4 and v3 give the same bits (compared on the AMD EPYC); they may
-   differ in the last bits from the baseline, which has no FMA. Only where it is known to work:
-   GCC >= 11, x86-64, glibc (ifunc). CFLAGS=-DTINYGPT_NO_DISPATCH turns it off, leaving only
-   the baseline. */
+   value is computed alone and each sum in its written order, so v4 and v3 give the same bits
+   (compared on the AMD EPYC); they may differ in the last bits from the baseline, which has no
+   FMA. Only where it is known to work: GCC >= 11, x86-64, glibc (ifunc).
+   CFLAGS=-DTINYGPT_NO_DISPATCH turns it off, leaving only the baseline. */
 #if defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 11 && defined(__x86_64__) \
     && defined(__GLIBC__) && !defined(TINYGPT_NO_DISPATCH)
 #define TG_DISPATCH \
