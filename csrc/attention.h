@@ -14,20 +14,20 @@
 #define TG_T float
 #define TG_EXP tg_expf
 #define TG_LOG logf
-#define TG_VBYTES 64
+#define TG_LANES 16
 #define TG_F(name) name##_f32_512
 #include "attention_impl.h"
-#undef TG_VBYTES
+#undef TG_LANES
 #undef TG_F
-#define TG_VBYTES 32
+#define TG_LANES 8
 #define TG_F(name) name##_f32_256
 #include "attention_impl.h"
-#undef TG_VBYTES
+#undef TG_LANES
 #undef TG_F
-#define TG_VBYTES 16
+#define TG_LANES 4
 #define TG_F(name) name##_f32_128
 #include "attention_impl.h"
-#undef TG_VBYTES
+#undef TG_LANES
 #undef TG_F
 #undef TG_T
 #undef TG_EXP
@@ -36,20 +36,20 @@
 #define TG_T double
 #define TG_EXP exp
 #define TG_LOG log
-#define TG_VBYTES 64
+#define TG_LANES 8
 #define TG_F(name) name##_f64_512
 #include "attention_impl.h"
-#undef TG_VBYTES
+#undef TG_LANES
 #undef TG_F
-#define TG_VBYTES 32
+#define TG_LANES 4
 #define TG_F(name) name##_f64_256
 #include "attention_impl.h"
-#undef TG_VBYTES
+#undef TG_LANES
 #undef TG_F
-#define TG_VBYTES 16
+#define TG_LANES 2
 #define TG_F(name) name##_f64_128
 #include "attention_impl.h"
-#undef TG_VBYTES
+#undef TG_LANES
 #undef TG_F
 #undef TG_T
 #undef TG_EXP

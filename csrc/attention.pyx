@@ -7,16 +7,19 @@ One prange work item per (batch, head) pair, with per-thread scratch.
 
 A head is C (attention_impl.h): every product is one small hand-written GEMM that holds a tile
 of MR rows x 2 SIMD vectors in registers (AVX-512 12 x 2 x 16 floats, AVX2 6 x 2 x 8, baseline
-SSE2 6 x 2 x 4; picked at run time, _use_isa switches for tests). At these sizes (T <= a few hundred, D = 32) a BLAS gemm spends more time
-packing its operands than multiplying. The GEMM reads its left operand through a row and a
-column stride, so P^T and dS^T are read in place; k^T and v^T are copied (scaled) so that the
-score products read their right operand along rows. Query row t only touches keys 0..t: the
-queries go in blocks of MR rows, and each block's products stop at its last key. The head's
-rows of q, k, v and dout are copied together first: 3C apart, they share a few cache sets.
+SSE2 6 x 2 x 4; picked at run time, _use_isa switches for tests). At these sizes (T <= a few
+hundred, D = 32) a BLAS gemm spends more time packing its operands than multiplying. The GEMM
+reads its left operand through a row and a column stride, so P^T and dS^T are read in place;
+k^T and v^T are transposed (scaled) so that the score products read their right operand along
+rows. Query row t only touches keys 0..t: the queries go in blocks of MR rows, and each
+block's products stop at its last key. The head's rows of q, k, v (and dout) are copied
+together first: 3C apart, they share a few cache sets; the transposes then read the copies.
 The forward takes a block's scores, their exponentials (unnormalized) and out = exp(S) @ v
-divided by the row sums in one pass, and keeps lse, the log-sum-exp of each row of scaled
-scores; the backward rebuilds the probabilities from q, k and lse (flash-attention style) and
-uses sum_j P[t, j] dP[t, j] = dout[t] . out[t].
+divided by the row sums (as the product's tiles are stored) in one pass, and keeps lse, the
+log-sum-exp of each row of scaled scores; the backward rebuilds the probabilities from q, k
+and lse (flash-attention style) and uses sum_j P[t, j] dP[t, j] = dout[t] . out[t]. Row
+maxima, sums and dot products run in whole vectors, and a vector's lanes are added pairwise
+in registers, in the same order on every thread count.
 """
 from libc.math cimport sqrt
 from libc.stdlib cimport free, malloc
