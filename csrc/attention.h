@@ -92,12 +92,13 @@ static inline ptrdiff_t tg_att_scratch_f64(int backward, ptrdiff_t T, ptrdiff_t 
 }
 
 #define TG_ATT_FORWARD_ARGS(T) const T* q, ptrdiff_t ldq, ptrdiff_t n, ptrdiff_t C, \
-    ptrdiff_t D, T scale, T* out, ptrdiff_t ldo, T* lse, T* scratch
+    ptrdiff_t D, T scale, T* out, ptrdiff_t ldo, T* lse, T* scratch, const T* next
 #define TG_ATT_BACKWARD_ARGS(T) const T* dout, const T* q, const T* out, ptrdiff_t ldq, \
     ptrdiff_t ldo, const T* lse, ptrdiff_t n, ptrdiff_t C, ptrdiff_t D, T scale, T* dq, \
-    T* scratch
-#define TG_ATT_FORWARD_CALL q, ldq, n, C, D, scale, out, ldo, lse, scratch
-#define TG_ATT_BACKWARD_CALL dout, q, out, ldq, ldo, lse, n, C, D, scale, dq, scratch
+    T* scratch, const T* next_dout, const T* next_q, const T* next_out
+#define TG_ATT_FORWARD_CALL q, ldq, n, C, D, scale, out, ldo, lse, scratch, next
+#define TG_ATT_BACKWARD_CALL dout, q, out, ldq, ldo, lse, n, C, D, scale, dq, scratch, \
+    next_dout, next_q, next_out
 
 /* tg_att_forward_head_SFX(isa, ...) and tg_att_backward_head_SFX(isa, ...): one head on the
    ISA's entry point (arguments: tg_att_forward and tg_att_backward in attention_impl.h). */

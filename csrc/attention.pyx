@@ -19,7 +19,8 @@ divided by the row sums (as the product's tiles are stored) in one pass, and kee
 log-sum-exp of each row of scaled scores; the backward rebuilds the probabilities from q, k
 and lse (flash-attention style) and uses sum_j P[t, j] dP[t, j] = dout[t] . out[t]. Row
 maxima, sums and dot products run in whole vectors, and a vector's lanes are added pairwise
-in registers, in the same order on every thread count.
+in registers, in the same order on every thread count. While a head computes, the rows of the
+next work item's head are fetched into cache.
 """
 from libc.math cimport sqrt
 from libc.stdlib cimport free, malloc
@@ -36,18 +37,23 @@ cdef extern from "attention.h":
     Py_ssize_t tg_att_scratch_f64(int backward, Py_ssize_t T, Py_ssize_t D) noexcept nogil
     void tg_att_forward_head_f32(int isa, const float* q, Py_ssize_t ldq, Py_ssize_t T,
                                  Py_ssize_t C, Py_ssize_t D, float scale, float* out,
-                                 Py_ssize_t ldo, float* lse, float* scratch) noexcept nogil
+                                 Py_ssize_t ldo, float* lse, float* scratch,
+                                 const float* next) noexcept nogil
     void tg_att_forward_head_f64(int isa, const double* q, Py_ssize_t ldq, Py_ssize_t T,
                                  Py_ssize_t C, Py_ssize_t D, double scale, double* out,
-                                 Py_ssize_t ldo, double* lse, double* scratch) noexcept nogil
+                                 Py_ssize_t ldo, double* lse, double* scratch,
+                                 const double* next) noexcept nogil
     void tg_att_backward_head_f32(int isa, const float* dout, const float* q, const float* out,
                                   Py_ssize_t ldq, Py_ssize_t ldo, const float* lse, Py_ssize_t T,
                                   Py_ssize_t C, Py_ssize_t D, float scale, float* dq,
-                                  float* scratch) noexcept nogil
+                                  float* scratch, const float* next_dout, const float* next_q,
+                                  const float* next_out) noexcept nogil
     void tg_att_backward_head_f64(int isa, const double* dout, const double* q,
                                   const double* out, Py_ssize_t ldq, Py_ssize_t ldo,
                                   const double* lse, Py_ssize_t T, Py_ssize_t C, Py_ssize_t D,
-                                  double scale, double* dq, double* scratch) noexcept nogil
+                                  double scale, double* dq, double* scratch,
+                                  const double* next_dout, const double* next_q,
+                                  const double* next_out) noexcept nogil
 
 cdef int _cpu_isa = tg_att_cpu_isa()
 cdef int _isa = _cpu_isa
@@ -83,21 +89,26 @@ cdef inline Py_ssize_t scratch_size(floating* kind, bint backward, Py_ssize_t T,
 
 cdef inline void forward_head(int isa, const floating* q, Py_ssize_t ldq, Py_ssize_t T,
                               Py_ssize_t C, Py_ssize_t D, floating scale, floating* out,
-                              Py_ssize_t ldo, floating* lse, floating* scratch) noexcept nogil:
+                              Py_ssize_t ldo, floating* lse, floating* scratch,
+                              const floating* next) noexcept nogil:
     if floating is float:
-        tg_att_forward_head_f32(isa, q, ldq, T, C, D, scale, out, ldo, lse, scratch)
+        tg_att_forward_head_f32(isa, q, ldq, T, C, D, scale, out, ldo, lse, scratch, next)
     else:
-        tg_att_forward_head_f64(isa, q, ldq, T, C, D, scale, out, ldo, lse, scratch)
+        tg_att_forward_head_f64(isa, q, ldq, T, C, D, scale, out, ldo, lse, scratch, next)
 
 
 cdef inline void backward_head(int isa, const floating* dout, const floating* q,
                                const floating* out, Py_ssize_t ldq, Py_ssize_t ldo,
                                const floating* lse, Py_ssize_t T, Py_ssize_t C, Py_ssize_t D,
-                               floating scale, floating* dq, floating* scratch) noexcept nogil:
+                               floating scale, floating* dq, floating* scratch,
+                               const floating* next_dout, const floating* next_q,
+                               const floating* next_out) noexcept nogil:
     if floating is float:
-        tg_att_backward_head_f32(isa, dout, q, out, ldq, ldo, lse, T, C, D, scale, dq, scratch)
+        tg_att_backward_head_f32(isa, dout, q, out, ldq, ldo, lse, T, C, D, scale, dq, scratch,
+                                 next_dout, next_q, next_out)
     else:
-        tg_att_backward_head_f64(isa, dout, q, out, ldq, ldo, lse, T, C, D, scale, dq, scratch)
+        tg_att_backward_head_f64(isa, dout, q, out, ldq, ldo, lse, T, C, D, scale, dq, scratch,
+                                 next_dout, next_q, next_out)
 
 
 cdef int check_heads(Py_ssize_t C3, Py_ssize_t C, int n_heads) except -1:
@@ -116,7 +127,7 @@ def attention_forward(const floating[:, :, ::1] qkv not None, int n_heads,
             and lse.shape[2] == T, "out (B, T, C), lse (B, H, T)")
     if B * T == 0:
         return
-    cdef Py_ssize_t D = C // H, bh, b, h
+    cdef Py_ssize_t D = C // H, bh, b, h, nb, b2, h2
     cdef floating scale = <floating>(1.0 / sqrt(<double>D))
     cdef floating* p = NULL
     cdef int failed = 0, isa = _isa
@@ -128,8 +139,11 @@ def attention_forward(const floating[:, :, ::1] qkv not None, int n_heads,
             if p == NULL:
                 failed += 1
             else:
+                nb = min(bh + 1, B * H - 1)  # the next head, for its prefetch
+                b2 = nb // H
+                h2 = nb % H
                 forward_head(isa, &qkv[b, 0, h * D], 3 * C, T, C, D, scale, &out[b, 0, h * D],
-                             C, &lse[b, h, 0], p)
+                             C, &lse[b, h, 0], p, &qkv[b2, 0, h2 * D])
         free(p)
     if failed:
         raise MemoryError("attention_forward: could not allocate scratch memory")
@@ -151,7 +165,7 @@ def attention_backward(const floating[:, :, ::1] dout not None,
             "dout, att (B, T, C), lse (B, H, T), dqkv (B, T, 3C)")
     if B * T == 0:
         return
-    cdef Py_ssize_t D = C // H, bh, b, h
+    cdef Py_ssize_t D = C // H, bh, b, h, nb, b2, h2
     cdef floating scale = <floating>(1.0 / sqrt(<double>D))
     cdef floating* p = NULL
     cdef int failed = 0, isa = _isa
@@ -163,8 +177,12 @@ def attention_backward(const floating[:, :, ::1] dout not None,
             if p == NULL:
                 failed += 1
             else:
+                nb = min(bh + 1, B * H - 1)  # the next head, for its prefetch
+                b2 = nb // H
+                h2 = nb % H
                 backward_head(isa, &dout[b, 0, h * D], &qkv[b, 0, h * D], &att[b, 0, h * D],
-                              3 * C, C, &lse[b, h, 0], T, C, D, scale, &dqkv[b, 0, h * D], p)
+                              3 * C, C, &lse[b, h, 0], T, C, D, scale, &dqkv[b, 0, h * D], p,
+                              &dout[b2, 0, h2 * D], &qkv[b2, 0, h2 * D], &att[b2, 0, h2 * D])
         free(p)
     if failed:
         raise MemoryError("attention_backward: could not allocate scratch memory")
