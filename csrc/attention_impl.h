@@ -268,11 +268,11 @@ TG_INLINE void TG_F(tg_att_forward)(const int mr, const int nv, const TG_T* q, p
     TG_T* kt = scratch + mr * Tp;
     TG_T* qc = kt + D * Tp;
     TG_T* kc = qc + T * D;
-    TG_T* v = kc + T * D;
+    TG_T* vc = kc + T * D;
     TG_T z[12];
     TG_F(tg_att_copy)(q, ldq, T, D, qc);
     TG_F(tg_att_copy)(q + C, ldq, T, D, kc);
-    TG_F(tg_att_copy)(q + 2 * C, ldq, T, D, v);
+    TG_F(tg_att_copy)(q + 2 * C, ldq, T, D, vc);
     TG_F(tg_att_transpose)(kc, D, T, D, scale, kt, Tp);
     for (ptrdiff_t i0 = 0; i0 < T; i0 += mr) {
         ptrdiff_t rows = T - i0 < mr ? T - i0 : mr, end = i0 + rows;
@@ -286,7 +286,7 @@ TG_INLINE void TG_F(tg_att_forward)(const int mr, const int nv, const TG_T* q, p
             z[r] = TG_F(tg_att_exp_row)(sr, cols, i0 + r + 1, m);
             lse[i0 + r] = m + TG_LOG(z[r]);
         }
-        TG_F(tg_att_gemm)(mr, nv, rows, D, end, s, Tp, 1, v, D, z, out + i0 * ldo, ldo);
+        TG_F(tg_att_gemm)(mr, nv, rows, D, end, s, Tp, 1, vc, D, z, out + i0 * ldo, ldo);
     }
 }
 
