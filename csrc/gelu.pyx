@@ -6,12 +6,17 @@ each (elementwise, so any thread count gives the same bits).
 
 float64 follows the reference formula with libm tanh. float32, the training dtype, has its
 span loops in C, in gelu.h (to carry kernel_math.h's TG_DISPATCH: AVX-512 or AVX2+FMA where
-the CPU has it), and writes the same function through e = exp(-2|u|), which is branch-free (so
-the loops vectorize) and avoids the cancellation in 1 + tanh(u) and 1 - tanh(u)^2 near
-tanh = -1 and +1:
-    for u >= 0: 1 + t = 2 / (1 + e),  1 - t = 2e / (1 + e)   (swapped for u < 0)
-    1 - t^2 = (1 + t)(1 - t)
-It is more accurate than NumPy's float32 reference (see tests/test_kernels.py).
+the CPU has it), and writes the same function without tanh, branch-free (so the loops
+vectorize) and free of the cancellation in 1 + tanh(u) and 1 - tanh(u)^2 near tanh = -1 and +1:
+    forward:  0.5 (1 + t) = 1 / (1 + exp(-2u)), so gelu(x) = x / (1 + exp(-2u))
+              (exp(-2u) = +inf for u below -44 gives -0, as the reference does)
+    backward: with e = exp(-2|u|) <= 1,
+              for u >= 0: 1 + t = 2 / (1 + e),  1 - t = 2e / (1 + e)   (swapped for u < 0)
+              1 - t^2 = (1 + t)(1 - t)
+The forward's form runs 21% faster than the bounded-e form it replaced (AMD EPYC, AVX-512, one
+thread); the backward keeps the bounded e, since its 1 - t, written with exp(-2u), would be
+inf / inf for u below -44.
+Both are more accurate than NumPy's float32 reference (see tests/test_kernels.py).
 """
 from cython cimport floating
 from cython.parallel cimport prange
