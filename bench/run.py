@@ -272,7 +272,12 @@ def kernel_ops():
 
 
 def snapshot(value):
-    return value.copy() if isinstance(value, np.ndarray) else value
+    """A copy of an array argument on a 64-byte boundary, as the model's own arrays are."""
+    if not isinstance(value, np.ndarray):
+        return value
+    copy = ops.empty(value.shape, value.dtype)
+    copy[...] = value
+    return copy
 
 
 def capture_calls(names):

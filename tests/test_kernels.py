@@ -535,6 +535,50 @@ def test_bitwise_identical_across_threads_and_reruns(dtype, name):
                 assert np.array_equal(a, b), f"{name}: n_threads={n_threads} differs from 1"
 
 
+def _at_offset(a, offset):
+    """A copy of a whose data starts offset bytes past a 64-byte boundary."""
+    buffer = np.empty(a.nbytes + 128, np.uint8)
+    start = -buffer.ctypes.data % 64 + offset
+    copy = buffer[start:start + a.nbytes].view(a.dtype).reshape(a.shape)
+    copy[...] = a
+    return copy
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_bitwise_identical_whatever_the_alignment(dtype):
+    """ops.empty puts the model's arrays on 64-byte boundaries for speed; the results must not
+    depend on it: inputs and outputs 0, 4, 16 and 48 bytes past one give the same bits."""
+    rng = np.random.default_rng(11)
+    x, w, b = normal(rng, (300, 96), dtype), normal(rng, (96, 40), dtype), normal(rng, 40, dtype)
+    dy = normal(rng, (300, 40), dtype)
+    qkv, do = normal(rng, (3, 70, 3 * 64), dtype), normal(rng, (3, 70, 64), dtype)
+    out, lse = ref.attention_forward(qkv, 2)
+    calls = {
+        "linear_forward": (x, w, b, dy),
+        "linear_backward": (dy, x, w),
+        "attention_forward": (qkv, 2),
+        "attention_backward": (do, qkv, out, lse, 2),
+        "gelu_forward": (x,),
+        "layernorm_forward": (x, np.ones(96, dtype), np.zeros(96, dtype)),
+    }
+    for name, args in calls.items():
+        first = on_kernels(2, name, *args)
+        first = first if isinstance(first, tuple) else (first,)
+        for offset in (0, 4, 16, 48):
+            moved = [_at_offset(a, offset) if isinstance(a, np.ndarray) else a for a in args]
+            outs = tuple(_at_offset(np.zeros_like(f), offset) for f in first)
+            on_kernels(2, name, *moved, out=outs if len(outs) > 1 else outs[0])
+            for f, o in zip(first, outs):
+                assert np.array_equal(f, o), f"{name}: {offset} bytes past a boundary differs"
+
+
+def test_new_outputs_start_on_64_byte_boundaries():
+    x = normal(np.random.default_rng(0), (300, 96), np.float32)
+    for out in (ops.empty((5, 3), np.float64), on_kernels(2, "gelu_forward", x),
+                *on_kernels(2, "layernorm_forward", x, x[0], x[1])):
+        assert out.ctypes.data % 64 == 0
+
+
 # ---------------------------------------------------------------------------- input checks
 
 def _arrays(dtype=np.float32):

@@ -217,7 +217,7 @@ def new_activations(cfg, B, T, dtype, for_backward, dropout=False):
     C, H, N = cfg.d_model, cfg.n_heads, B * T
 
     def new(*shape):
-        return np.empty(shape, dtype)
+        return ops.empty(shape, dtype)
 
     def layer_arrays():
         return dict(ln1=new(N, C), mean1=new(N), rstd1=new(N), qkv=new(N, 3 * C),
@@ -240,7 +240,7 @@ def _new_backward_scratch(cfg, B, T, dtype, dropout):
     C, V, N = cfg.d_model, cfg.vocab_size, B * T
 
     def new(*shape):
-        return np.empty(shape, dtype)
+        return ops.empty(shape, dtype)
 
     return BackwardScratch(dlogits=new(N, V), dhead_b=new(V), dx=new(N, C), dx_ln=new(N, C),
                            dln=new(N, C), datt=new(N, C), dqkv=new(B, T, 3 * C),
