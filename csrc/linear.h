@@ -87,11 +87,23 @@ static inline ptrdiff_t tg_lin_forward_scratch(ptrdiff_t K, ptrdiff_t M) {
 }
 
 /* Pack columns j0 .. j0 + nr of a (kc, n) matrix, a(p, j) = src[p * rs + j * cs], into
-   dst[p * nr + jj], zeros past column n. */
+   dst[p * nr + jj], zeros past column n. The loop runs along src's unit stride: row by row
+   where cs is 1 (the forward's weight: a column at a time, its M-float stride put every read
+   in the same few L1 sets and took 150 us for a 128 x 512 weight), column by column else. */
 static inline void tg_lin_pack(const float* src, ptrdiff_t rs, ptrdiff_t cs, ptrdiff_t kc,
                         ptrdiff_t n, ptrdiff_t j0, int nr, float* dst) {
     ptrdiff_t p;
     int jj;
+    if (cs == 1) {
+        int cols = (int)tg_lin_min(nr, n - j0);
+        for (p = 0; p < kc; p++) {
+            for (jj = 0; jj < cols; jj++)
+                dst[p * nr + jj] = src[p * rs + j0 + jj];
+            for (; jj < nr; jj++)
+                dst[p * nr + jj] = 0.0f;
+        }
+        return;
+    }
     for (jj = 0; jj < nr; jj++) {
         if (j0 + jj < n) {
             const float* s = src + (j0 + jj) * cs;
