@@ -132,6 +132,12 @@ def test_layernorm_parity(dtype, n_threads, seed, n, c, eps):
     # dweight, dbias: sums over the n rows, in 64-row partials added in order (seen: 0.8, 1.8)
     assert_close("dweight", dweight, e_dweight, dtype, terms=n, c=8)
     assert_close("dbias", dbias, e_dbias, dtype, terms=n, c=8)
+    # with a residual gradient, accumulated in place: exactly residual + dx, the same dweight
+    residual = normal(rng, (n, c), dtype)
+    dx_sum = residual.copy()
+    on_kernels(n_threads, "layernorm_backward", dout, x, w, e_mean, e_rstd, dx_sum,
+               out=(dx_sum, dweight.copy(), dbias.copy()))
+    np.testing.assert_array_equal(dx_sum, residual + dx)
 
 
 def elementwise_cases(test):

@@ -179,6 +179,13 @@ def f32(*shape, seed=0):
     return np.random.default_rng(seed).normal(size=shape).astype(np.float32)
 
 
+def _layernorm_backward_into_part_of_residual():
+    """out's dx may be residual itself, not another view of part of it."""
+    residual = f32(5, 8)
+    return ops.layernorm_backward(f32(4, 8), f32(4, 8), f32(8), f32(4), f32(4), residual[:4],
+                                  out=(residual[1:], f32(8), f32(8)))
+
+
 @pytest.mark.parametrize("call,error,match", [
     (lambda: ops.layernorm_forward(f32(4, 8).astype(np.float16), f32(8), f32(8)), TypeError, "float32"),
     (lambda: ops.layernorm_forward(f32(4, 8), f32(8).astype(np.float64), f32(8)), TypeError, "weight"),
@@ -187,6 +194,11 @@ def f32(*shape, seed=0):
     (lambda: ops.layernorm_forward(f32(4, 8), f32(8), f32(8), eps=0.0), ValueError, "eps"),
     (lambda: ops.layernorm_forward([[1.0]], f32(1), f32(1)), TypeError, "numpy array"),
     (lambda: ops.layernorm_backward(f32(4, 8), f32(4, 8), f32(8), f32(3), f32(4)), ValueError, "mean"),
+    (lambda: ops.layernorm_backward(f32(4, 8), f32(4, 8), f32(8), f32(4), f32(4), f32(4, 7)),
+     ValueError, "residual"),
+    (lambda: ops.layernorm_backward(f32(4, 8), f32(4, 8), f32(8), f32(4), f32(4),
+                                    f32(4, 8).astype(np.float64)), TypeError, "residual"),
+    (lambda: _layernorm_backward_into_part_of_residual(), ValueError, "overlaps"),
     (lambda: ops.gelu_backward(f32(4, 8), f32(4, 9)), ValueError, "dout"),
     (lambda: ops.gelu_forward(np.arange(4)), TypeError, "float32"),
     (lambda: ops.relu2_backward(f32(4, 8), f32(4, 9)), ValueError, "dout"),
@@ -254,6 +266,7 @@ def _calls_with_outputs(dtype):
         ("linear_backward", (a(6, 3), a(6, 8), a(8, 3)), [(6, 8), (8, 3), (3,)]),
         ("layernorm_forward", (x, w, a(8)), [(6, 8), (6,), (6,)]),
         ("layernorm_backward", (a(6, 8), x, w, mean, rstd), [(6, 8), (8,), (8,)]),
+        ("layernorm_backward", (a(6, 8), x, w, mean, rstd, a(6, 8)), [(6, 8), (8,), (8,)]),
         ("gelu_forward", (a(4, 5),), [(4, 5)]),
         ("gelu_backward", (a(4, 5), a(4, 5)), [(4, 5)]),
         ("attention_forward", (qkv, 2), [(2, 5, 4), (2, 2, 5)]),

@@ -202,7 +202,7 @@ class BackwardScratch:
     dlogits: np.ndarray   # (N, V)
     dhead_b: np.ndarray   # (V,) the gradient of a head bias the model does not have
     dx: np.ndarray        # (N, C) the residual stream's gradient
-    dx_ln: np.ndarray     # (N, C)
+    dx_sorted: np.ndarray  # (N, C) dx's rows sorted by token id (the embedding's gradient)
     dln: np.ndarray       # (N, C)
     datt: np.ndarray      # (N, C)
     dqkv: np.ndarray      # (B, T, 3C)
@@ -242,7 +242,7 @@ def _new_backward_scratch(cfg, B, T, dtype, dropout):
     def new(*shape):
         return ops.empty(shape, dtype)
 
-    return BackwardScratch(dlogits=new(N, V), dhead_b=new(V), dx=new(N, C), dx_ln=new(N, C),
+    return BackwardScratch(dlogits=new(N, V), dhead_b=new(V), dx=new(N, C), dx_sorted=new(N, C),
                            dln=new(N, C), datt=new(N, C), dqkv=new(B, T, 3 * C),
                            dfc=new(N, 4 * C),
                            dbranch=new(N, C) if dropout else None)
@@ -309,9 +309,8 @@ def block_backward(cfg, w, dw, a, s, rope, dropout):
     ops.linear_backward(dbranch, a.act, w.fc2_w, activation=cfg.mlp, pre=a.fc,
                         out=(s.dfc, dw.fc2_w, dw.fc2_b))
     ops.linear_backward(s.dfc, a.ln2, w.fc_w, out=(s.dln, dw.fc_w, dw.fc_b))
-    ops.layernorm_backward(s.dln, a.x_mid, w.ln2_w, a.mean2, a.rstd2,
-                           out=(s.dx_ln, dw.ln2_w, dw.ln2_b))
-    s.dx += s.dx_ln
+    ops.layernorm_backward(s.dln, a.x_mid, w.ln2_w, a.mean2, a.rstd2, s.dx,
+                           out=(s.dx, dw.ln2_w, dw.ln2_b))
     # attention: x_mid = x + proj(attn(ln1(x)))
     dbranch = _residual_backward(s, a.mask_att, dropout)
     ops.linear_backward(dbranch, a.att.reshape(N, C), w.proj_w,
@@ -322,9 +321,8 @@ def block_backward(cfg, w, dw, a, s, rope, dropout):
         ops.rotary_backward(s.dqkv, cfg.n_heads, *rope)
     ops.linear_backward(s.dqkv.reshape(N, 3 * C), a.ln1, w.attn_w,
                         out=(s.dln, dw.attn_w, dw.attn_b))
-    ops.layernorm_backward(s.dln, a.x, w.ln1_w, a.mean1, a.rstd1,
-                           out=(s.dx_ln, dw.ln1_w, dw.ln1_b))
-    s.dx += s.dx_ln
+    ops.layernorm_backward(s.dln, a.x, w.ln1_w, a.mean1, a.rstd1, s.dx,
+                           out=(s.dx, dw.ln1_w, dw.ln1_b))
 
 
 def _residual_forward(k, x, weight, bias, residual, out, mask, dropout):
@@ -508,7 +506,7 @@ class TinyGPT:
         if dw.wpe is not None:
             s.dx.reshape(B, T, -1).sum(axis=0, out=dw.wpe[:T])
             dw.wpe[T:] = 0.0
-        _token_gradient(idx.reshape(-1), s.dx.reshape(N, -1), out=dw.wte, scratch=s.dx_ln)
+        _token_gradient(idx.reshape(-1), s.dx.reshape(N, -1), out=dw.wte, scratch=s.dx_sorted)
         self._pending = None
 
     # ------------------------------------------------------------ sampling

@@ -391,18 +391,28 @@ def layernorm_forward(x, weight, bias, eps=1e-5, *, out=None):
     return _run("layernorm_forward", (x, weight, bias, float(eps)), out, shapes)
 
 
-def layernorm_backward(dout, x, weight, mean, rstd, *, out=None):
-    """dout (N, C), then forward's x, weight, mean, rstd -> dx (N, C), dweight (C,), dbias (C,)."""
-    dout, x, weight, mean, rstd = _float_arrays(dout=dout, x=x, weight=weight, mean=mean, rstd=rstd)
+def layernorm_backward(dout, x, weight, mean, rstd, residual=None, *, out=None):
+    """dout (N, C), then forward's x, weight, mean, rstd, and residual (N, C) or None
+    -> dx (N, C) = residual + the gradient through the norm, dweight (C,), dbias (C,).
+
+    residual is the gradient that reaches x by another path (the residual stream); out's dx may
+    be residual itself, which then accumulates in place."""
+    optional = {} if residual is None else {"residual": residual}
+    dout, x, weight, mean, rstd, *rest = _float_arrays(dout=dout, x=x, weight=weight, mean=mean,
+                                                       rstd=rstd, **optional)
     _expect_rows(x)
     _expect_shape("dout", dout, x.shape)
     _expect_shape("weight", weight, x.shape[1:])
     _expect_shape("mean", mean, x.shape[:1])
     _expect_shape("rstd", rstd, x.shape[:1])
+    residual = rest[0] if rest else None
+    if residual is not None:
+        _expect_shape("residual", residual, x.shape)
     shapes = [x.shape, weight.shape, weight.shape]
-    _expect_out(out, list(zip(("dx", "dweight", "dbias"), shapes)), x.dtype,
-                (dout, x, weight, mean, rstd))
-    return _run("layernorm_backward", (dout, x, weight, mean, rstd), out, shapes)
+    in_place = isinstance(out, tuple) and out[0] is residual  # dx accumulates into residual
+    inputs = (dout, x, weight, mean, rstd, *([] if in_place or residual is None else [residual]))
+    _expect_out(out, list(zip(("dx", "dweight", "dbias"), shapes)), x.dtype, inputs)
+    return _run("layernorm_backward", (dout, x, weight, mean, rstd, residual), out, shapes)
 
 
 def _activation_forward(op, x, out):

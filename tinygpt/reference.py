@@ -23,15 +23,16 @@ def layernorm_forward(x, weight, bias, eps=1e-5):
     return out, mean, rstd
 
 
-def layernorm_backward(dout, x, weight, mean, rstd):
-    """dout (N, C), then forward's x, weight, mean, rstd -> dx (N, C), dweight (C,), dbias (C,)."""
+def layernorm_backward(dout, x, weight, mean, rstd, residual=None):
+    """dout (N, C), then forward's x, weight, mean, rstd, and residual (N, C) or None
+    -> dx (N, C) = residual + the gradient through the norm, dweight (C,), dbias (C,)."""
     xhat = (x - mean[:, None]) * rstd[:, None]
     dbias = dout.sum(axis=0)
     dweight = (dout * xhat).sum(axis=0)
     dxhat = dout * weight
     dx = (dxhat - dxhat.mean(axis=1, keepdims=True)
           - xhat * (dxhat * xhat).mean(axis=1, keepdims=True)) * rstd[:, None]
-    return dx, dweight, dbias
+    return (dx if residual is None else residual + dx), dweight, dbias
 
 
 def gelu_forward(x):
