@@ -330,8 +330,9 @@ static tg_lin_isa_t tg_lin_isa_get(int isa) {
    panels of kc rows each. Each micro-tile's rows of a stay in L1 while the panels pass,
    and the next micro-tile's rows are fetched meanwhile (+2-4% when they come from
    memory, as they do in a training step); so are the lines of c that the next tile writes
-   (+5-8% on a forward of 8192 x 128 -> 384 or 512, 2 threads: its stores no longer wait
-   for their lines to come from memory). */
+   and of res that it adds (+5-8% on a forward of 8192 x 128 -> 384 or 512, +5% on 128 ->
+   128 with res, 2 threads: the tile's stores no longer wait for their lines to come from
+   memory). */
 static void tg_lin_rows_gemm(const tg_lin_isa_t* t, const float* a, ptrdiff_t lda,
                              ptrdiff_t rows, ptrdiff_t kc, const float* bp, ptrdiff_t n,
                              float* c, ptrdiff_t ldc, const float* bias, const float* res,
@@ -348,8 +349,11 @@ static void tg_lin_rows_gemm(const tg_lin_isa_t* t, const float* a, ptrdiff_t ld
             ptrdiff_t next_i = j0 + t->nr < n ? i0 : i0 + t->mr;  /* the next tile's corner */
             ptrdiff_t next_j = j0 + t->nr < n ? j0 + t->nr : 0;
             for (r = next_i; r < tg_lin_min(next_i + t->mr, rows); r++)
-                for (off = 0; off < tg_lin_min(t->nr, n - next_j); off += 16)
+                for (off = 0; off < tg_lin_min(t->nr, n - next_j); off += 16) {
                     __builtin_prefetch(c + r * ldc + next_j + off, 1, 2);
+                    if (res)
+                        __builtin_prefetch(res + r * ldr + next_j + off, 0, 2);
+                }
             t->rows(mr, nv, cols - (nv - 1) * t->v, kc, a + i0 * lda, lda,
                     bp + j0 * kc, t->nr, c + i0 * ldc + j0, ldc, 0,
                     bias ? bias + j0 : NULL, res ? res + i0 * ldr + j0 : NULL, ldr);
