@@ -30,7 +30,7 @@ import numpy as np
 from threadpoolctl import threadpool_info
 
 import tinygpt
-from tinygpt import TinyGPT, ops, reference
+from tinygpt import TinyGPT, ops
 from tinygpt.optim import AdamW, clip_grad_norm
 
 REPO = Path(__file__).resolve().parent.parent

@@ -1,5 +1,5 @@
 """The compiled kernels (tinygpt._layernorm, _gelu, _relu2, _attention, _rotary, _cross_entropy,
-_linear) against
+_linear, _embedding) against
 tinygpt.reference: parity in float32 and float64 on 1 and 2 threads (with explicit examples at
 every kernel's block boundaries, read from the modules), bitwise determinism across thread
 counts and reruns, headers that compile without warnings, the input checks in tinygpt.ops, and
@@ -14,7 +14,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from tinygpt import _attention, _cross_entropy, _gelu, _layernorm, _linear, _relu2, ops
+from tinygpt import _attention, _cross_entropy, _embedding, _gelu, _layernorm, _linear, _relu2, ops
 from tinygpt import reference as ref
 
 DTYPES = [np.float32, np.float64]
@@ -189,6 +189,28 @@ def test_relu2_parity_is_bitwise(dtype, n_threads, seed, shape):
     np.testing.assert_array_equal(on_kernels(n_threads, "relu2_forward", x), ref.relu2_forward(x))
     np.testing.assert_array_equal(on_kernels(n_threads, "relu2_backward", dout, x),
                                   ref.relu2_backward(dout, x))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n_threads", THREADS)
+@SETTINGS
+@given(seed=seeds, n=st.integers(1, 300), c=st.integers(1, 70), v=st.integers(1, 40))
+@example(seed=1, n=1, c=1, v=1)       # one column: a single block, whatever the threads
+@example(seed=2, n=5, c=3, v=40)      # most ids never seen; 3 columns split 2 + 1
+@example(seed=3, n=300, c=70, v=2)    # long runs of each id
+def test_embedding_backward_parity_is_bitwise(dtype, n_threads, seed, n, c, v):
+    """Each row added into its id's row in row order, from zero: np.add.at's sums, so the
+    kernel's bits are the reference's; ids never seen get a zero row, and -0.0 rows sum to
+    +0.0 as they do there."""
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(0, v, n)
+    dout = normal(rng, (n, c), dtype)
+    dout[::5, 0] = -0.0
+    got = on_kernels(n_threads, "embedding_backward", dout, ids, v)
+    expected = ref.embedding_backward(dout, ids, v)
+    assert got.dtype == dtype and got.shape == (v, c)
+    np.testing.assert_array_equal(got.view(f"u{dout.itemsize}"), expected.view(f"u{dout.itemsize}"))
+    assert not got[np.setdiff1d(np.arange(v), ids)].any()
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -659,8 +681,8 @@ BAD_CALLS = [
     (ValueError, "2 arrays", lambda: LIN_F(x, LW, activation="relu2", out=(x @ LW,))),
     (ValueError, "overlaps", lambda: LIN_F(x, LW, activation="gelu", out=(x @ LW,) * 2)),
     # out-of-range targets: the message gives the value and the index
-    (ValueError, "target 7 at index 2", lambda: XENT(A["logits"], A["targets"] + (np.arange(6) == 2))),
-    (ValueError, "target -2 at index 3", lambda: XENT(A["logits"], A["targets"] - (np.arange(6) == 3))),
+    (ValueError, r"targets\[2\] = 7 is outside", lambda: XENT(A["logits"], A["targets"] + (np.arange(6) == 2))),
+    (ValueError, r"targets\[3\] = -2 is outside", lambda: XENT(A["logits"], A["targets"] - (np.arange(6) == 3))),
     (ValueError, "ignored", lambda: XENT(A["logits"], np.full(6, -1))),
     # out arrays the kernel would write past, in the wrong type, or could not write at all
     (ValueError, "out must have shape", lambda: ops.gelu_forward(x, out=x[:-1].copy())),
@@ -674,7 +696,7 @@ BAD_CALLS = [
     (ValueError, "dweight must have shape", lambda: LIN_B(x @ LW, x, LW, out=(x.copy(), LW.T.copy(), LW[0].copy()))),
     (ValueError, "out must have shape", lambda: XENT(A["logits"], A["targets"], out=A["logits"][1:].copy())),
     # a target beyond int64 is out of range, not wrapped round to -1 (ignored)
-    (ValueError, "index 4", lambda: XENT(A["logits"], np.where(np.arange(6) == 4, np.uint64(2**64 - 1),
+    (ValueError, r"targets\[4\] = 18446744073709551615", lambda: XENT(A["logits"], np.where(np.arange(6) == 4, np.uint64(2**64 - 1),
                                                              A["targets"].clip(0).astype(np.uint64)))),
 ]
 
@@ -739,6 +761,14 @@ def _direct_calls():
         lambda: _linear.linear_act_backward(z((4, 5), f32), z((4, 3), f32), z((3, 5), f32),
                                             "relu2", z((2, 3), f32), z((4, 3), f32),
                                             z((3, 5), f32), z(5, f32), 1),  # pre short
+        lambda: _embedding.embedding_backward(z((3, 4), f32), np.array([0, 5, 1]), 5,
+                                              z((5, 4), f32), 1),  # id 5 >= V
+        lambda: _embedding.embedding_backward(z((3, 4), f32), np.array([0, -1, 1]), 5,
+                                              z((5, 4), f32), 1),
+        lambda: _embedding.embedding_backward(z((3, 4), f32), np.array([0, 1]), 5,
+                                              z((5, 4), f32), 1),
+        lambda: _embedding.embedding_backward(z((3, 4), f32), np.array([0, 1, 2]), 5,
+                                              z((4, 4), f32), 1),  # out shorter than V
     ]
 
 

@@ -202,7 +202,6 @@ class BackwardScratch:
     dlogits: np.ndarray   # (N, V)
     dhead_b: np.ndarray   # (V,) the gradient of a head bias the model does not have
     dx: np.ndarray        # (N, C) the residual stream's gradient
-    dx_sorted: np.ndarray  # (N, C) dx's rows sorted by token id (the embedding's gradient)
     dln: np.ndarray       # (N, C)
     datt: np.ndarray      # (N, C)
     dqkv: np.ndarray      # (B, T, 3C)
@@ -242,9 +241,8 @@ def _new_backward_scratch(cfg, B, T, dtype, dropout):
     def new(*shape):
         return ops.empty(shape, dtype)
 
-    return BackwardScratch(dlogits=new(N, V), dhead_b=new(V), dx=new(N, C), dx_sorted=new(N, C),
-                           dln=new(N, C), datt=new(N, C), dqkv=new(B, T, 3 * C),
-                           dfc=new(N, 4 * C),
+    return BackwardScratch(dlogits=new(N, V), dhead_b=new(V), dx=new(N, C), dln=new(N, C),
+                           datt=new(N, C), dqkv=new(B, T, 3 * C), dfc=new(N, 4 * C),
                            dbranch=new(N, C) if dropout else None)
 
 
@@ -494,7 +492,6 @@ class TinyGPT:
         (idx, dropout), (acts, s) = self._pending, self._training[1:]
         cfg, w, dw = self.config, self.weights, self.weight_grads
         B, T = idx.shape
-        N = B * T
         rope = None if self.rope is None else (self.rope[0][:T], self.rope[1][:T])
         ops.linear_backward(s.dlogits, acts.lnf, w.head_w, out=(s.dln, dw.head_w, s.dhead_b))
         ops.layernorm_backward(s.dln, acts.x, w.lnf_w, acts.meanf, acts.rstdf,
@@ -506,7 +503,7 @@ class TinyGPT:
         if dw.wpe is not None:
             s.dx.reshape(B, T, -1).sum(axis=0, out=dw.wpe[:T])
             dw.wpe[T:] = 0.0
-        _token_gradient(idx.reshape(-1), s.dx.reshape(N, -1), out=dw.wte, scratch=s.dx_sorted)
+        ops.embedding_backward(s.dx, idx.reshape(-1), cfg.vocab_size, out=dw.wte)
         self._pending = None
 
     # ------------------------------------------------------------ sampling
@@ -530,17 +527,6 @@ class TinyGPT:
         return generate(self, prompt, max_new_tokens, temperature, top_k, seed, top_p=top_p,
                         repetition_penalty=repetition_penalty, use_cache=use_cache,
                         on_token=on_token)
-
-
-def _token_gradient(ids, dx, out, scratch):
-    """out (V, C) = sum of the rows of dx (N, C) per token id in ids (N,): the token embedding's
-    gradient. The rows are sorted by id (stably) into scratch (N, C) and summed per run; the
-    same order on every call, and about 3x faster than np.add.at."""
-    order = np.argsort(ids, kind="stable")
-    np.take(dx, order, axis=0, out=scratch, mode="clip")
-    present, starts = np.unique(ids[order], return_index=True)
-    out[...] = 0.0
-    out[present] = np.add.reduceat(scratch, starts, axis=0)
 
 
 def _draw_dropout_mask(mask, dropout):

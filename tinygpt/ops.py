@@ -36,6 +36,7 @@ _KERNEL_MODULES = {
     "relu2_backward": "_relu2",
     "rotary_forward": "_rotary",
     "rotary_backward": "_rotary",
+    "embedding_backward": "_embedding",
 }
 
 
@@ -517,17 +518,37 @@ def softmax_cross_entropy(logits, targets, *, out=None):
     ``out`` receives dlogits."""
     (logits,) = _float_arrays(logits=logits)
     _expect_ndim("logits", logits, 2)
-    targets = np.asarray(targets)
-    if not np.issubdtype(targets.dtype, np.integer):
-        raise TypeError(f"targets must be integers, got dtype {targets.dtype}")
-    _expect_shape("targets", targets, logits.shape[:1])
-    # in the targets' own dtype: a uint64 beyond int64 would wrap to -1 (ignored) once cast
-    bad = np.flatnonzero((targets < -1) | (targets >= logits.shape[1]))
-    if bad.size:
-        i = int(bad[0])
-        raise ValueError(f"target {targets[i]} at index {i} is outside [-1, {logits.shape[1]})")
-    targets = np.ascontiguousarray(targets, dtype=np.int64)
+    targets = _ids("targets", targets, logits.shape[:1], -1, logits.shape[1])
     if not (targets >= 0).any():
         raise ValueError("every target is -1 (ignored): the mean loss is undefined")
     _expect_out(out, [("dlogits", logits.shape)], logits.dtype, (logits,))
     return _run("softmax_cross_entropy", (logits, targets), out, [logits.shape])
+
+
+def embedding_backward(dout, ids, vocab_size, *, out=None):
+    """dout (N, C), ids (N,) in [0, vocab_size) -> the token embedding's gradient
+    (vocab_size, C): each row of dout added into its id's row, in row order."""
+    (dout,) = _float_arrays(dout=dout)
+    _expect_ndim("dout", dout, 2)
+    if isinstance(vocab_size, bool) or not isinstance(vocab_size, (int, np.integer)) \
+            or vocab_size < 1:
+        raise ValueError(f"vocab_size must be an integer >= 1, got {vocab_size!r}")
+    ids = _ids("ids", ids, dout.shape[:1], 0, vocab_size)
+    shapes = [(int(vocab_size), dout.shape[1])]
+    _expect_out(out, [("out", shapes[0])], dout.dtype, (dout,))
+    return _run("embedding_backward", (dout, ids, int(vocab_size)), out, shapes)
+
+
+def _ids(name, ids, shape, low, high):
+    """ids as C-contiguous int64, after checking that they are integers of the given shape,
+    each in [low, high)."""
+    ids = np.asarray(ids)
+    if not np.issubdtype(ids.dtype, np.integer):
+        raise TypeError(f"{name} must be integers, got dtype {ids.dtype}")
+    _expect_shape(name, ids, shape)
+    # in the ids' own dtype: a uint64 beyond int64 would wrap to a negative value once cast
+    bad = np.flatnonzero((ids < low) | (ids >= high))
+    if bad.size:
+        i = int(bad[0])
+        raise ValueError(f"{name}[{i}] = {ids[i]} is outside [{low}, {high})")
+    return np.ascontiguousarray(ids, dtype=np.int64)

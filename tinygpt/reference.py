@@ -177,3 +177,11 @@ def rotary_backward(dqkv, n_heads, cos, sin):
     """dqkv (B, T, 3C) at forward's output, then forward's cos and sin -> dqkv at its input:
     a rotation's transpose is the rotation by minus the angle."""
     return _rotate_qk(dqkv, n_heads, cos, -sin)
+
+
+def embedding_backward(dout, ids, vocab_size):
+    """dout (N, C), ids (N,) in [0, V) -> the token embedding's gradient (V, C): each row of
+    dout added into its id's row, in row order."""
+    out = np.zeros((vocab_size, dout.shape[1]), dout.dtype)
+    np.add.at(out, ids, dout)
+    return out
