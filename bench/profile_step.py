@@ -5,7 +5,7 @@
 Times ``loss`` + ``backward`` + gradient clipping + AdamW of the lab's model (d_model 128, 4
 layers, 4 heads) at batch 64 x 128, the benchmark's training step, over ``--steps`` steps after
 3 warm-up steps, with every tinygpt.ops function wrapped in a timer. "everything else" is the
-step's time outside the ops (the embedding lookup, AdamW, Python). The linear layers' GFLOP/s
+step's time outside the ops (the embedding lookup, clipping, Python). The linear layers' GFLOP/s
 count 2NKM multiply-adds forward and 4NKM backward (dx and dW); a linear layer that runs the
 MLP's activation too ("linear_forward + gelu") has a row of its own, whose GFLOP/s count the
 products alone.

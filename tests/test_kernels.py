@@ -1,5 +1,5 @@
 """The compiled kernels (tinygpt._layernorm, _gelu, _relu2, _attention, _rotary, _cross_entropy,
-_linear, _embedding) against
+_linear, _embedding, _adamw) against
 tinygpt.reference: parity in float32 and float64 on 1 and 2 threads (with explicit examples at
 every kernel's block boundaries, read from the modules), bitwise determinism across thread
 counts and reruns, headers that compile without warnings, the input checks in tinygpt.ops, and
@@ -14,7 +14,8 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from tinygpt import _attention, _cross_entropy, _embedding, _gelu, _layernorm, _linear, _relu2, ops
+from tinygpt import (_adamw, _attention, _cross_entropy, _embedding, _gelu, _layernorm, _linear,
+                     _relu2, ops)
 from tinygpt import reference as ref
 
 DTYPES = [np.float32, np.float64]
@@ -37,6 +38,7 @@ LANES = _layernorm._BLOCKS["lanes"]       # row reductions (layernorm, softmax):
 assert _cross_entropy._BLOCKS["lanes"] == LANES
 SPAN = _gelu._BLOCKS["span"]              # gelu: elements per work item
 assert _relu2._BLOCKS["span"] == SPAN     # relu2: the same
+assert _adamw._BLOCKS["span"] == SPAN     # adamw: the same
 ATTENTION = _attention._BLOCKS           # attention, per ISA: query and key rows per block,
 ATT_ISA = _attention._kernel_isa()        # and vector bytes (score rows are padded to whole
 MR_ATT = ATTENTION["rows"][ATT_ISA]       # vectors: PAD float32 columns, half as many float64)
@@ -189,6 +191,34 @@ def test_relu2_parity_is_bitwise(dtype, n_threads, seed, shape):
     np.testing.assert_array_equal(on_kernels(n_threads, "relu2_forward", x), ref.relu2_forward(x))
     np.testing.assert_array_equal(on_kernels(n_threads, "relu2_backward", dout, x),
                                   ref.relu2_backward(dout, x))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n_threads", THREADS)
+@SETTINGS
+@given(seed=seeds, n=st.integers(1, 3 * SPAN), t=st.integers(1, 5000),
+       lr=st.floats(1e-5, 1.0), wd=st.sampled_from([0.0, 0.1]))
+@example(seed=1, n=1, t=1, lr=1e-3, wd=0.1)
+@example(seed=2, n=SPAN - 1, t=2, lr=1e-3, wd=0.0)    # on each side of a span
+@example(seed=3, n=SPAN + 1, t=3, lr=0.5, wd=0.1)
+@example(seed=4, n=2 * SPAN, t=5000, lr=1e-2, wd=0.1)
+def test_adamw_update_parity_is_bitwise(dtype, n_threads, seed, n, t, lr, wd):
+    """Each element updated alone, every operation rounded once in the reference's order (no
+    fused multiply-adds): the kernel's bits are the reference's. Gradients span ten orders of
+    magnitude, some zero; the decay is applied only where the mask says."""
+    rng = np.random.default_rng(seed)
+    params, m = normal(rng, n, dtype), normal(rng, n, dtype, 1e-3)
+    v = np.abs(normal(rng, n, dtype, 1e-6))
+    grads = (rng.standard_normal(n) * 10.0 ** rng.integers(-8, 2, n)).astype(dtype)
+    grads[::9] = 0.0
+    decay = (wd * (rng.random(n) < 0.7)).astype(dtype)
+    expected = ref.adamw_update(params, grads, m, v, decay, 0.9, 1 - 0.9, 0.95, 1 - 0.95, lr,
+                                1e-8 * np.sqrt(1 - 0.95 ** t), lr * np.sqrt(1 - 0.95 ** t) / (1 - 0.9 ** t))
+    got = params.copy(), m.copy(), v.copy()
+    assert on_kernels(n_threads, "adamw_update", *got[:1], grads, *got[1:], decay, lr, 0.9, 0.95,
+                      1e-8, t) is got[0]
+    for name, a, b in zip(("params", "m", "v"), got, expected):
+        np.testing.assert_array_equal(a.view(f"u{a.itemsize}"), b.view(f"u{b.itemsize}"), name)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -761,6 +791,10 @@ def _direct_calls():
         lambda: _linear.linear_act_backward(z((4, 5), f32), z((4, 3), f32), z((3, 5), f32),
                                             "relu2", z((2, 3), f32), z((4, 3), f32),
                                             z((3, 5), f32), z(5, f32), 1),  # pre short
+        lambda: _adamw.adamw_update(z(5, f32), z(4, f32), z(5, f32), z(5, f32), z(5, f32),
+                                    0.9, 0.1, 0.99, 0.01, 1e-3, 1e-8, 1e-3, 1),  # grads short
+        lambda: _adamw.adamw_update(z(5, f32), z(5, f32), z(5, f32), z(5, f32), z(4, f32),
+                                    0.9, 0.1, 0.99, 0.01, 1e-3, 1e-8, 1e-3, 1),  # decay short
         lambda: _embedding.embedding_backward(z((3, 4), f32), np.array([0, 5, 1]), 5,
                                               z((5, 4), f32), 1),  # id 5 >= V
         lambda: _embedding.embedding_backward(z((3, 4), f32), np.array([0, -1, 1]), 5,

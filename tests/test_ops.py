@@ -186,6 +186,12 @@ def _layernorm_backward_into_part_of_residual():
                                   out=(residual[1:], f32(8), f32(8)))
 
 
+def _adamw_moments_shared():
+    """m and v are updated in place: one array for both would take both updates."""
+    moments = f32(4)
+    return ops.adamw_update(f32(4), f32(4), moments, moments, f32(4), 1e-3, 0.9, 0.99, 1e-8, 1)
+
+
 @pytest.mark.parametrize("call,error,match", [
     (lambda: ops.layernorm_forward(f32(4, 8).astype(np.float16), f32(8), f32(8)), TypeError, "float32"),
     (lambda: ops.layernorm_forward(f32(4, 8), f32(8).astype(np.float64), f32(8)), TypeError, "weight"),
@@ -227,6 +233,19 @@ def _layernorm_backward_into_part_of_residual():
     (lambda: ops.softmax_cross_entropy(f32(4, 5), np.zeros(4)), TypeError, "integers"),
     (lambda: ops.softmax_cross_entropy(f32(4, 5), np.zeros(3, dtype=int)), ValueError, "targets"),
     (lambda: ops.softmax_cross_entropy(f32(2, 5), np.array([-1, -1])), ValueError, "ignored"),
+    (lambda: ops.adamw_update(f32(4), f32(3), f32(4), f32(4), f32(4), 1e-3, 0.9, 0.99, 1e-8, 1),
+     ValueError, "grads"),
+    (lambda: ops.adamw_update(f32(4), f32(4), f32(4), f32(4).astype(np.float64), f32(4), 1e-3,
+                              0.9, 0.99, 1e-8, 1), TypeError, "v has dtype"),
+    (lambda: ops.adamw_update(f32(2, 4), f32(2, 4), f32(2, 4), f32(2, 4), f32(2, 4), 1e-3, 0.9,
+                              0.99, 1e-8, 1), ValueError, "1-D"),
+    (lambda: ops.adamw_update(f32(8)[::2], f32(4), f32(4), f32(4), f32(4), 1e-3, 0.9, 0.99,
+                              1e-8, 1), ValueError, "params must be a writeable C-contiguous array"),
+    (lambda: _adamw_moments_shared(), ValueError, "must not share memory"),
+    (lambda: ops.adamw_update(f32(4), f32(4), f32(4), np.broadcast_to(np.float32(1), 4), f32(4),
+                              1e-3, 0.9, 0.99, 1e-8, 1), ValueError, "v must be a writeable"),
+    (lambda: ops.adamw_update(f32(4), f32(4), f32(4), f32(4), f32(4), 1e-3, 0.9, 0.99, 1e-8, 0),
+     ValueError, "step number t"),
     (lambda: ops.embedding_backward(f32(4, 8), np.array([0, 1, 5, 2]), 5), ValueError,
      r"ids\[2\] = 5 is outside \[0, 5\)"),
     (lambda: ops.embedding_backward(f32(4, 8), np.array([0, -1, 1, 2]), 5), ValueError,

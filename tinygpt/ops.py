@@ -11,6 +11,8 @@ to OMP_NUM_THREADS or the CPUs this process may run on; ``set_num_threads`` chan
 """
 import contextlib
 import importlib
+import itertools
+import math
 import os
 import warnings
 
@@ -37,6 +39,7 @@ _KERNEL_MODULES = {
     "rotary_forward": "_rotary",
     "rotary_backward": "_rotary",
     "embedding_backward": "_embedding",
+    "adamw_update": "_adamw",
 }
 
 
@@ -552,3 +555,33 @@ def _ids(name, ids, shape, low, high):
         i = int(bad[0])
         raise ValueError(f"{name}[{i}] = {ids[i]} is outside [{low}, {high})")
     return np.ascontiguousarray(ids, dtype=np.int64)
+
+
+def adamw_update(params, grads, m, v, decay, lr, beta1, beta2, eps, t):
+    """One AdamW step t (1, 2, ...) in place: params, m, v (n,) from grads and decay (n,), the
+    per-element weight decay rate. With the bias corrections c1 = 1 - beta1^t, c2 = 1 - beta2^t
+    folded into the step size and epsilon:
+        m = beta1 m + (1 - beta1) g;  v = beta2 v + (1 - beta2) g^2;  params -= lr decay params
+        params -= lr sqrt(c2) / c1 * m / (sqrt(v) + eps sqrt(c2))
+    Returns params."""
+    arrays = {"params": params, "grads": grads, "m": m, "v": v, "decay": decay}
+    _, grads, _, _, decay = _float_arrays(**arrays)  # strided grads or decay: copied
+    _expect_ndim("params", params, 1)
+    for name, a in arrays.items():
+        _expect_shape(name, a, params.shape)
+    for name, a in (("params", params), ("m", m), ("v", v)):
+        if not (a.flags.c_contiguous and a.flags.writeable):
+            raise ValueError(f"{name} must be a writeable C-contiguous array (updated in place)")
+    if any(np.may_share_memory(a, b) for a, b in itertools.combinations(arrays.values(), 2)):
+        raise ValueError(f"{', '.join(arrays)} must not share memory")
+    if isinstance(t, bool) or not isinstance(t, (int, np.integer)) or t < 1:
+        raise ValueError(f"the step number t must be an integer >= 1, got {t!r}")
+    c1, c2 = 1.0 - beta1 ** t, 1.0 - beta2 ** t
+    scalars = (beta1, 1.0 - beta1, beta2, 1.0 - beta2, lr, eps * math.sqrt(c2),
+               lr * math.sqrt(c2) / c1)
+    kernel = _kernel("adamw_update")
+    if kernel is None:
+        params[...], m[...], v[...] = reference.adamw_update(params, grads, m, v, decay, *scalars)
+    else:
+        kernel(params, grads, m, v, decay, *map(float, scalars), _state["threads"])
+    return params

@@ -31,29 +31,13 @@ class AdamW:
         self.m = np.zeros_like(params)
         self.v = np.zeros_like(params)
         self.t = 0
-        self._scratch = np.empty_like(params)
 
     def step(self, lr):
-        """One update with learning rate ``lr`` from the gradients now in ``grads``."""
+        """One update with learning rate ``lr`` from the gradients now in ``grads``
+        (ops.adamw_update: decoupled weight decay, bias corrections folded into the step)."""
         self.t += 1
-        b1, b2, g, s = self.beta1, self.beta2, self.grads, self._scratch
-        self.m *= b1
-        self.m += (1.0 - b1) * g
-        self.v *= b2
-        np.multiply(g, g, out=s)
-        s *= 1.0 - b2
-        self.v += s
-        # decoupled weight decay: p -= lr * wd * p, only where decay applies
-        np.multiply(self.decay, self.params, out=s)
-        s *= lr
-        self.params -= s
-        # Adam step with bias correction folded into the step size and epsilon
-        c1, c2 = 1.0 - b1 ** self.t, 1.0 - b2 ** self.t
-        np.sqrt(self.v, out=s)
-        s += self.eps * math.sqrt(c2)
-        np.divide(self.m, s, out=s)
-        s *= lr * math.sqrt(c2) / c1
-        self.params -= s
+        ops.adamw_update(self.params, self.grads, self.m, self.v, self.decay, lr, self.beta1,
+                         self.beta2, self.eps, self.t)
 
     def state(self):
         """What a checkpoint needs to continue exactly: moments and step count."""

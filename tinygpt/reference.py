@@ -185,3 +185,13 @@ def embedding_backward(dout, ids, vocab_size):
     out = np.zeros((vocab_size, dout.shape[1]), dout.dtype)
     np.add.at(out, ids, dout)
     return out
+
+
+def adamw_update(params, grads, m, v, decay, b1, one_b1, b2, one_b2, lr, eps_hat, step):
+    """One AdamW step: params, grads, m, v, decay (n,) and the step's scalars (see
+    ops.adamw_update) -> new (params, m, v). Every operation rounds once, in the arrays' type."""
+    f = params.dtype.type
+    m = m * f(b1) + f(one_b1) * grads
+    v = v * f(b2) + grads * grads * f(one_b2)
+    params = params - decay * params * f(lr)
+    return params - m / (np.sqrt(v) + f(eps_hat)) * f(step), m, v
