@@ -281,8 +281,9 @@ def snapshot(value):
 
 
 def capture_calls(names):
-    """Op name -> (args, kwargs) of its largest call in one forward and backward pass of the
-    small model, with GPT-2's block and with OPTIONS, copied (the model reuses its buffers).
+    """Op name -> (args, kwargs) of its largest call in one training step (forward, backward,
+    AdamW) of the small model, with GPT-2's block and with OPTIONS, copied (the model reuses its
+    buffers).
 
     The MLP's activation runs inside its linear layers (linear_forward and linear_backward
     with activation=...): those calls stand for the activation op's, on the same arrays, and
@@ -317,6 +318,7 @@ def capture_calls(names):
             model = make_model(**options)
             model.loss(x, y)
             model.backward()
+            AdamW(model.params, model.grads, model.decay_mask()).step(LR)
     finally:
         for name, fn in originals.items():
             setattr(ops, name, fn)
