@@ -143,8 +143,7 @@ def set_num_threads(n):
     The kernel that calls BLAS from its OpenMP threads (linear) holds it to one thread there,
     so OpenMP and OpenBLAS threads never compete for the same cores.
     """
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-        raise ValueError(f"number of threads must be an integer >= 1, got {n!r}")
+    _expect_count("number of threads", n)
     _state["threads"] = int(n)
     threadpool_limits(limits=int(n), user_api="blas")
 
@@ -254,6 +253,12 @@ def _expect_out(out, specs, dtype, inputs):
             raise ValueError(f"{label} must be a writeable C-contiguous array")
         if any(np.may_share_memory(a, other) for other in (*inputs, *outs[:i])):
             raise ValueError(f"{label} overlaps an input or another output")
+
+
+def _expect_count(name, value):
+    """value: an integer >= 1 (a bool is not one)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
 
 
 def _expect_shape(name, a, shape):
@@ -457,8 +462,7 @@ def relu2_backward(dout, x, *, out=None):
 def _expect_qkv(qkv, n_heads):
     """qkv (B, T, 3C) with C divisible by n_heads; returns (B, T, C)."""
     _expect_ndim("qkv", qkv, 3)
-    if isinstance(n_heads, bool) or not isinstance(n_heads, (int, np.integer)) or n_heads < 1:
-        raise ValueError(f"n_heads must be an integer >= 1, got {n_heads!r}")
+    _expect_count("n_heads", n_heads)
     B, T, C3 = qkv.shape
     if C3 == 0 or C3 % 3 or (C3 // 3) % n_heads:
         raise ValueError(f"qkv's last axis must be 3C with C >= 1 divisible by n_heads "
@@ -533,9 +537,7 @@ def embedding_backward(dout, ids, vocab_size, *, out=None):
     (vocab_size, C): each row of dout added into its id's row, in row order."""
     (dout,) = _float_arrays(dout=dout)
     _expect_ndim("dout", dout, 2)
-    if isinstance(vocab_size, bool) or not isinstance(vocab_size, (int, np.integer)) \
-            or vocab_size < 1:
-        raise ValueError(f"vocab_size must be an integer >= 1, got {vocab_size!r}")
+    _expect_count("vocab_size", vocab_size)
     ids = _ids("ids", ids, dout.shape[:1], 0, vocab_size)
     shapes = [(int(vocab_size), dout.shape[1])]
     _expect_out(out, [("out", shapes[0])], dout.dtype, (dout,))
@@ -574,8 +576,7 @@ def adamw_update(params, grads, m, v, decay, lr, beta1, beta2, eps, t):
             raise ValueError(f"{name} must be a writeable C-contiguous array (updated in place)")
     if any(np.may_share_memory(a, b) for a, b in itertools.combinations(arrays.values(), 2)):
         raise ValueError(f"{', '.join(arrays)} must not share memory")
-    if isinstance(t, bool) or not isinstance(t, (int, np.integer)) or t < 1:
-        raise ValueError(f"the step number t must be an integer >= 1, got {t!r}")
+    _expect_count("the step number t", t)
     c1, c2 = 1.0 - beta1 ** t, 1.0 - beta2 ** t
     scalars = (beta1, 1.0 - beta1, beta2, 1.0 - beta2, lr, eps * math.sqrt(c2),
                lr * math.sqrt(c2) / c1)
