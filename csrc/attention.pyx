@@ -30,19 +30,11 @@ from cython.parallel cimport parallel, prange
 
 from kernel_checks cimport isa_level, require, thread_count
 
-cdef extern from "stdlib.h" nogil:
-    void* aligned_alloc(size_t alignment, size_t size)
-
-cdef enum:
-    ALIGNMENT = 64  # bytes: a cache line, and an AVX-512 vector
-
-
-cdef inline void* aligned_scratch(size_t nbytes) noexcept nogil:
-    """A thread's scratch, starting on a cache line as ops.empty's arrays do: from malloc (16
-    bytes past one) a head's rows of 32 floats span three lines. A forward + backward takes
-    2% less time in a C harness, 0.3-0.6% in turns at the benchmark's shapes (AMD EPYC, 2
-    threads); the bits do not change."""
-    return aligned_alloc(ALIGNMENT, (nbytes + ALIGNMENT - 1) // ALIGNMENT * ALIGNMENT)
+# Each thread's scratch starts on a cache line (tg_aligned_alloc): from malloc, 16 bytes past
+# one, a head's rows of 32 floats span three lines. A forward + backward takes 2% less time in
+# a C harness, 0.3-0.6% in turns at the benchmark's shapes (AMD EPYC, 2 threads); same bits.
+cdef extern from "kernel_math.h":
+    void* tg_aligned_alloc(size_t nbytes) noexcept nogil
 
 
 cdef extern from "attention.h":
@@ -147,7 +139,7 @@ def attention_forward(const floating[:, :, ::1] qkv not None, int n_heads,
     cdef floating* p = NULL
     cdef int failed = 0, isa = _isa
     with nogil, parallel(num_threads=thread_count(n_threads)):
-        p = <floating*>aligned_scratch(scratch_size(p, False, T, D) * sizeof(floating))
+        p = <floating*>tg_aligned_alloc(scratch_size(p, False, T, D) * sizeof(floating))
         for bh in prange(B * H, schedule='static'):
             b = bh // H
             h = bh % H
@@ -185,7 +177,7 @@ def attention_backward(const floating[:, :, ::1] dout not None,
     cdef floating* p = NULL
     cdef int failed = 0, isa = _isa
     with nogil, parallel(num_threads=thread_count(n_threads)):
-        p = <floating*>aligned_scratch(scratch_size(p, True, T, D) * sizeof(floating))
+        p = <floating*>tg_aligned_alloc(scratch_size(p, True, T, D) * sizeof(floating))
         for bh in prange(B * H, schedule='static'):
             b = bh // H
             h = bh % H

@@ -1,11 +1,13 @@
 /* Shared C helpers of the kernels in csrc/: float32 exp and select without branches, the
-   float32 exp-and-sum loop of every softmax, and the dispatch attribute of the exp-heavy loops.
+   float32 exp-and-sum loop of every softmax, the dispatch attribute of the exp-heavy loops, and
+   where the kernels' scratch starts.
    Plain C11 with GCC extensions; compiles alone with -Wall -Wextra (tests/test_kernels.py). */
 #ifndef TINYGPT_KERNEL_MATH_H
 #define TINYGPT_KERNEL_MATH_H
 
 #include <stddef.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 /* TG_DISPATCH: GCC's function multiversioning. The function is compiled three times, for
@@ -23,6 +25,16 @@
 #else
 #define TG_DISPATCH
 #endif
+
+/* Bytes: a cache line, and an AVX-512 vector. The kernels' scratch starts on such a boundary,
+   as the arrays of tinygpt.ops.empty (ops.ALIGNMENT) do: a vector load that straddles two
+   cache lines costs two. */
+#define TG_ALIGNMENT 64
+
+/* nbytes of memory starting on a TG_ALIGNMENT boundary, for free(); NULL if there is none. */
+static inline void* tg_aligned_alloc(size_t nbytes) {
+    return aligned_alloc(TG_ALIGNMENT, (nbytes + TG_ALIGNMENT - 1) / TG_ALIGNMENT * TG_ALIGNMENT);
+}
 
 static inline uint32_t tg_float_bits(float f) { uint32_t u; memcpy(&u, &f, sizeof u); return u; }
 static inline float tg_bits_float(uint32_t u) { float f; memcpy(&f, &u, sizeof f); return f; }

@@ -218,19 +218,26 @@ def linear_forward(const floating[:, ::1] x not None, const floating[:, ::1] wei
         forward_impl(&x[0, 0], &weight[0, 0], b, r, N, K, M, &out[0, 0], nt)
 
 
+cdef extern from "kernel_math.h":
+    enum: TG_ALIGNMENT
+
+SLACK = TG_ALIGNMENT // sizeof(float)  # floats a scratch buffer holds beyond its use
+
+
 cdef float* _aligned(float[::1] buffer):
-    """The first 64-byte boundary in buffer (16 floats to spare): NumPy's large arrays start
-    16 bytes past one, and the kernels' packed panels are read in whole 64-byte vectors (a load
-    that straddles two cache lines costs two). The caller holds the array while it is used."""
+    """The first TG_ALIGNMENT (64-byte) boundary in buffer (SLACK floats to spare): NumPy's
+    large arrays start 16 bytes past one, and the kernels' packed panels are read in whole
+    64-byte vectors (a load that straddles two cache lines costs two). The caller holds the
+    array while it is used."""
     cdef size_t address = <size_t>&buffer[0]
-    return &buffer[0] + ((64 - address % 64) % 64) // sizeof(float)
+    return &buffer[0] + ((TG_ALIGNMENT - address % TG_ALIGNMENT) % TG_ALIGNMENT) // sizeof(float)
 
 
 cdef _forward_f32(const float[:, ::1] x, const float[:, ::1] w, const float* bias,
                   const float* residual, float[:, ::1] out, int act, float[:, ::1] post,
                   int nt):
     cdef Py_ssize_t N = x.shape[0], K = x.shape[1], M = w.shape[1]
-    buffer = np.empty(tg_lin_forward_scratch(K, M) + 16, np.float32)
+    buffer = np.empty(tg_lin_forward_scratch(K, M) + SLACK, np.float32)
     cdef float* scratch = _aligned(buffer)
     cdef float* p = &post[0, 0] if act else NULL
     with nogil:
@@ -242,7 +249,7 @@ cdef _backward_f32(const float[:, ::1] dout, const float[:, ::1] x, const float[
                    int act, const float[:, ::1] pre, float[:, ::1] dx, float[:, ::1] dw,
                    float[::1] db, int nt):
     cdef Py_ssize_t N = x.shape[0], K = x.shape[1], M = w.shape[1]
-    buffer = np.empty(tg_lin_backward_scratch(N, K, M, nt) + 16, np.float32)
+    buffer = np.empty(tg_lin_backward_scratch(N, K, M, nt) + SLACK, np.float32)
     cdef float* scratch = _aligned(buffer)
     cdef const float* p = &pre[0, 0] if act else NULL
     with nogil:
