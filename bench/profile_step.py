@@ -15,6 +15,7 @@ import collections
 import functools
 import time
 
+import blas_env  # noqa: F401  (before NumPy, which loads OpenBLAS: the peak is this CPU's)
 import numpy as np
 
 from tinygpt import TinyGPT, ops

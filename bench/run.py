@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+import blas_env  # before NumPy, which loads OpenBLAS
 import numpy as np
 from threadpoolctl import threadpool_info
 
@@ -194,6 +195,7 @@ def machine_info(threads, torch_used):
         "python": platform.python_version(),
         "numpy": np.__version__,
         "blas": blas,
+        "openblas_coretype_dropped": blas_env.DROPPED_CORETYPE,
         "openmp": openmp,
         "torch": installed_version("torch"),
         "torch_used": torch_used,
@@ -674,6 +676,9 @@ def print_machine(r):
           f"{m['threads']} threads; numpy {m['numpy']}; "
           f"torch {m['torch'] if m['torch_used'] else 'not used'}")
     print(f"BLAS: {blas}")
+    if m["openblas_coretype_dropped"]:
+        print(f"      (OPENBLAS_CORETYPE={m['openblas_coretype_dropped']} from the environment "
+              f"dropped: OpenBLAS picks its kernel for this CPU, as bench/blas_env.py says)")
     print(f"backend: {m['backend']}")
     print(f"sgemm {sgemm['size']}^3 float32, {sgemm['rounds']} rounds in turns with the sections "
           f"below: median {sgemm['median_gflops']:.1f} GFLOP/s, {sgemm['min_gflops']:.1f} to "

@@ -4,6 +4,7 @@ import dataclasses
 import importlib.util
 import json
 import math
+import os
 import statistics
 import subprocess
 import sys
@@ -43,10 +44,12 @@ LINEAR = ("linear_forward", "linear_backward")
 
 @pytest.fixture(scope="module")
 def bench():
-    """bench/run.py as a module (importing it runs nothing)."""
+    """bench/run.py as a module (importing it runs nothing; bench/ holds what it imports)."""
     spec = importlib.util.spec_from_file_location("bench_run", REPO / "bench" / "run.py")
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.syspath_prepend(str(REPO / "bench"))
+        spec.loader.exec_module(module)
     return module
 
 
@@ -93,9 +96,13 @@ def test_bench_writes_every_figure(tmp_path, bench, blocked):
     if blocked:
         command = [sys.executable, "-c",
                    f"import runpy, sys; sys.modules['tinygpt.{blocked}'] = None; "
+                   f"sys.path.insert(0, 'bench'); "
                    f"sys.argv = {argv!r}; runpy.run_path(sys.argv[0], run_name='__main__')"]
         built -= {op for op, module in ops._KERNEL_MODULES.items() if module == blocked}
-    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    # a core type in the environment is dropped before NumPy loads OpenBLAS (bench/blas_env.py)
+    env = {**os.environ, "OPENBLAS_CORETYPE": "Haswell"}
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=600)
     assert done.returncode == 0, done.stderr
     assert "training step" in done.stdout
     report = json.loads(path.read_text())
@@ -131,6 +138,8 @@ def test_bench_writes_every_figure(tmp_path, bench, blocked):
     assert f"({bench.simd(machine['cpu_features'])})" in done.stdout.splitlines()[1]
     for blas in machine["blas"]:
         assert blas["from"] and "architecture" in blas  # the BLAS kernel, as threadpoolctl says
+    assert machine["openblas_coretype_dropped"] == "Haswell"
+    assert "OPENBLAS_CORETYPE=Haswell from the environment dropped" in done.stdout
     assert machine["torch_used"] is False
     assert machine["op_backends"] == {op: "cython" if op in built else "numpy"
                                       for op in ops._KERNEL_MODULES}
