@@ -542,7 +542,7 @@ def test_header_compiles_alone_without_warnings(header, flags, tmp_path):
     assert done.returncode == 0, done.stderr
 
 
-@pytest.mark.parametrize("module", [_cross_entropy, _gelu, _linear, _relu2],
+@pytest.mark.parametrize("module", [_cross_entropy, _gelu, _layernorm, _linear, _relu2],
                          ids=lambda m: m.__name__)
 def test_dispatched_loops_have_an_avx512_clone(module):
     """kernel_math.h's TG_DISPATCH clones each loop it marks for AVX-512 (x86-64-v4) beside
