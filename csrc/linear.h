@@ -119,30 +119,38 @@ static inline void tg_lin_pack(const float* src, ptrdiff_t rs, ptrdiff_t cs, ptr
 /* Pack rows of a (rows, n) row-major block into panels of W columns each,
    dst[(j0 / W) * rows * W + p * W + jj] = src[p * ld + j0 + jj], zeros past column n,
    and with sum, add each column into sum[j] (row by row, in order). W is a constant in
-   each copy (tg_lin_pack_panels), so the copies inline and vectorize. */
+   each copy (tg_lin_pack_panels), so the copies inline and vectorize. The columns go in
+   groups of whole panels, 128 columns or just over: a group's panels (a chunk's 128 rows:
+   64-67 KB) stay in L1 and L2's nearest lines while its rows are copied; a whole wide block
+   at once wrote each of its panels a few floats per row (x of 8192 x 512 in 12-column panels:
+   dweight 25% faster on one core, in L2). */
 static inline __attribute__((always_inline)) void
 tg_lin_pack_panels_w(const float* __restrict src, ptrdiff_t ld, ptrdiff_t rows,
                      ptrdiff_t n, const int W, float* __restrict dst,
                      float* __restrict sum) {
-    ptrdiff_t p, j0, full = n / W * W;
+    const ptrdiff_t group = (128 + W - 1) / W * W;
+    ptrdiff_t p, g0, j0, full = n / W * W;
     int jj;
-    for (p = 0; p < rows; p++) {
-        const float* s = src + p * ld;
-        for (j0 = 0; j0 < full; j0 += W) {
-            float* d = dst + j0 * rows + p * W;
-            for (jj = 0; jj < W; jj++)
-                d[jj] = s[j0 + jj];
-            if (sum)
+    for (g0 = 0; g0 < n; g0 += group) {
+        ptrdiff_t g_full = tg_lin_min(g0 + group, full);
+        for (p = 0; p < rows; p++) {
+            const float* s = src + p * ld;
+            for (j0 = g0; j0 < g_full; j0 += W) {
+                float* d = dst + j0 * rows + p * W;
                 for (jj = 0; jj < W; jj++)
-                    sum[j0 + jj] += s[j0 + jj];
-        }
-        if (j0 < n) {
-            float* d = dst + j0 * rows + p * W;
-            for (jj = 0; jj < W; jj++)
-                d[jj] = j0 + jj < n ? s[j0 + jj] : 0.0f;
-            if (sum)
-                for (jj = 0; jj < n - j0; jj++)
-                    sum[j0 + jj] += s[j0 + jj];
+                    d[jj] = s[j0 + jj];
+                if (sum)
+                    for (jj = 0; jj < W; jj++)
+                        sum[j0 + jj] += s[j0 + jj];
+            }
+            if (j0 < tg_lin_min(g0 + group, n)) {  /* the last, partial panel */
+                float* d = dst + j0 * rows + p * W;
+                for (jj = 0; jj < W; jj++)
+                    d[jj] = j0 + jj < n ? s[j0 + jj] : 0.0f;
+                if (sum)
+                    for (jj = 0; jj < n - j0; jj++)
+                        sum[j0 + jj] += s[j0 + jj];
+            }
         }
     }
 }
@@ -365,12 +373,17 @@ static void tg_lin_rows_gemm(const tg_lin_isa_t* t, const float* a, ptrdiff_t ld
    first (x in mr-column panels, dout in nr-column panels, its rows summed into db on the
    way) so the kernel reads both sequentially, free of the cache-set conflicts that the
    power-of-two row strides bring; each dout panel then stays in L1 while the x panels
-   pass. */
+   pass. Meanwhile the next chunk's x (next_x, next_bytes; NULL, 0 for none) is fetched a few
+   lines a tile, so that its packing does not wait on memory (one core, x from memory:
+   dweight 8192 x 128 -> 128 10% faster, 128 -> 65 25%, 512 -> 128 9%). */
 static void tg_lin_dweight_rows(const tg_lin_isa_t* t, const float* x, const float* dout,
                                 ptrdiff_t rows, ptrdiff_t K, ptrdiff_t M, float* dw,
-                                float* db, int beta, float* buf) {
+                                float* db, int beta, float* buf, const float* next_x,
+                                ptrdiff_t next_bytes) {
     float* xp = buf;
     float* dp = buf + rows * tg_lin_round_up(K, t->mr);
+    ptrdiff_t tiles = (M + t->nr - 1) / t->nr * ((K + t->mr - 1) / t->mr);
+    ptrdiff_t lines_per_tile = (next_bytes / 64 + tiles) / tiles, fetched = 0, q;
     ptrdiff_t j0, i0, j;
     if (!beta)
         for (j = 0; j < M; j++)
@@ -382,6 +395,8 @@ static void tg_lin_dweight_rows(const tg_lin_isa_t* t, const float* x, const flo
         int nv = (cols + t->v - 1) / t->v;
         for (i0 = 0; i0 < K; i0 += t->mr) {
             int mr = (int)tg_lin_min(t->mr, K - i0);
+            for (q = 0; q < lines_per_tile && fetched < next_bytes; q++, fetched += 64)
+                __builtin_prefetch((const char*)next_x + fetched, 0, 3);
             t->cols(mr, nv, cols - (nv - 1) * t->v, rows, xp + i0 * rows, t->mr,
                     dp + j0 * rows, t->nr, dw + i0 * M + j0, M, beta, NULL, NULL, 0);
         }
@@ -465,12 +480,14 @@ static inline void tg_lin_backward_f32(const float* dout, const float* x, const 
             ptrdiff_t r0, end = tg_lin_min(N, (s + 1) * seg);
             for (r0 = s * seg; r0 < end; r0 += TG_LIN_CHUNK) {
                 ptrdiff_t rows = tg_lin_min(TG_LIN_CHUNK, end - r0);
+                ptrdiff_t next_rows = tg_lin_min(TG_LIN_CHUNK, end - r0 - rows);
                 tg_lin_rows_gemm(&t, dout + r0 * M, M, rows, M, packed, K, dx + r0 * K, K,
                                  NULL, NULL, 0);
                 if (act)
                     tg_lin_act_backward(act, dx + r0 * K, pre + r0 * K, rows * K);
                 tg_lin_dweight_rows(&t, x + r0 * K, dout + r0 * M, rows, K, M, pdw, pdb,
-                                    r0 > s * seg, buf);
+                                    r0 > s * seg, buf, x + (r0 + rows) * K,
+                                    next_rows * K * (ptrdiff_t)sizeof(float));
             }
         }
         /* the partial sums, added in segment order: row i of dweight (i = K: dbias) */
