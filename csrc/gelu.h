@@ -26,7 +26,7 @@ static inline void tg_gelu_backward_f32(const float* dout, const float* x, float
                                         ptrdiff_t n) {
     for (ptrdiff_t i = 0; i < n; i++) {
         float xi = x[i], u = tg_gelu_u(xi);
-        float e = tg_expf(-2.0f * fabsf(u));
+        float e = tg_expf_nonpositive(-2.0f * fabsf(u));
         float big = 2.0f / (1.0f + e), small = big * e;
         float dtanh = 0.7978845608028654f * (1.0f + 0.134145f * xi * xi);
         /* 0.5 (1 + t) + 0.5 x (1 - t^2) dtanh, with 1 - t^2 = (1 + t)(1 - t) = big * small */
