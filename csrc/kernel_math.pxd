@@ -11,7 +11,7 @@
 #   * The exp-heavy float32 loops carry TG_DISPATCH (kernel_math.h) to run on AVX-512 or AVX2+FMA
 #     where the CPU has it, while the build itself stays portable (no -march=native).
 from cython cimport floating
-from libc.math cimport exp, log, logf, sqrt, sqrtf
+from libc.math cimport exp, log, logf
 
 cdef extern from "kernel_math.h":
     float tg_exp_shifted_sum(const float* x, float* y, Py_ssize_t n, float shift) noexcept nogil
@@ -27,13 +27,6 @@ cdef inline floating flog(floating x) noexcept nogil:
         return logf(x)
     else:
         return log(x)
-
-
-cdef inline floating fsqrt(floating x) noexcept nogil:
-    if floating is float:
-        return sqrtf(x)
-    else:
-        return sqrt(x)
 
 
 cdef inline floating exp_shifted_sum(const floating* x, floating* y, Py_ssize_t n,
@@ -60,21 +53,6 @@ cdef inline floating row_sum(const floating* x, Py_ssize_t n) noexcept nogil:
         i += LANES
     for j in range(n - i):
         acc[j] += x[i + j]
-    return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]))
-
-
-cdef inline floating row_dot(const floating* x, const floating* y, Py_ssize_t n) noexcept nogil:
-    """sum(x[:n] * y[:n]), in row_sum's order."""
-    cdef floating acc[LANES]
-    cdef Py_ssize_t i = 0, j
-    for j in range(LANES):
-        acc[j] = 0
-    while i + LANES <= n:
-        for j in range(LANES):
-            acc[j] += x[i + j] * y[i + j]
-        i += LANES
-    for j in range(n - i):
-        acc[j] += x[i + j] * y[i + j]
     return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]))
 
 
