@@ -339,3 +339,24 @@ def test_pytorch_twin_agrees_on_the_first_loss(bench, keep_settings, monkeypatch
     _, torch_loss = bench.torch_setup(1, shape, x, y, model)
     first_loss = {"tinygpt": model.loss(x, y), "torch": torch_loss}
     assert bench.check_first_loss(first_loss) <= bench.FIRST_LOSS_RTOL
+
+
+def test_ab_step_times_two_trees_in_turns():
+    """bench/ab_step.py: this tree against itself, a step (and each op) timed per pair."""
+    command = [sys.executable, str(REPO / "bench" / "ab_step.py"), str(REPO), str(REPO),
+               "--pairs", "2", "--threads", "1", "--ops"]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    rows = {" ".join(line.split()[:-8]): line.split() for line in done.stdout.splitlines()[2:]}
+    assert {"step", "linear_forward", "linear_forward + gelu", "attention_forward"} <= set(rows)
+    for name, row in rows.items():
+        a_median, b_median, a_best, b_best = map(float, row[-8:-4])
+        assert a_best <= a_median and b_best <= b_median, name
+        assert row[-3:] == [row[-3], "of", "2"] and 0 <= int(row[-3]) <= 2, name
+    assert float(rows["step"][-8]) > float(rows["linear_forward"][-8]) > 0
+
+
+def test_ab_step_wants_two_trees(tmp_path):
+    done = subprocess.run([sys.executable, str(REPO / "bench" / "ab_step.py"), str(tmp_path)],
+                          cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "two source trees" in done.stderr
