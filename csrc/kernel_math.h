@@ -1,6 +1,7 @@
-/* Shared C helpers of the kernels in csrc/: float32 exp and select without branches, the
-   float32 exp-and-sum loop of every softmax, the dispatch attribute of the exp-heavy loops, and
-   where the kernels' scratch starts.
+/* Shared C helpers of the kernels in csrc/: float32 exp and select without branches, a row's
+   sum in a fixed order (row_sum_impl.h, for float and double), the float32 exp-and-sum loop of
+   every softmax, the dispatch attribute of the exp-heavy loops, and where the kernels' scratch
+   starts.
    Plain C11 with GCC extensions; compiles alone with -Wall -Wextra (tests/test_kernels.py). */
 #ifndef TINYGPT_KERNEL_MATH_H
 #define TINYGPT_KERNEL_MATH_H
@@ -84,21 +85,28 @@ static inline float tg_expf(float x) { return tg_expf_clamped(x, 1); }
    reaches, so the same bits as tg_expf; GELU's backward 9% faster (Zen 5 EPYC, AVX-512). */
 static inline float tg_expf_nonpositive(float x) { return tg_expf_clamped(x, 0); }
 
-/* y[i] = exp(x[i] - shift) for i < n (y may be x); returns sum(y) in the order of
-   kernel_math.row_sum. The exp loop of every softmax. */
+/* The partial sums of tg_row_sum (their combination is written for 8). */
+#define TG_ROW_SUM_LANES 8
+
+#define TG_T float
+#define TG_F(name) name##_f32
+#include "row_sum_impl.h"
+#undef TG_T
+#undef TG_F
+
+#define TG_T double
+#define TG_F(name) name##_f64
+#include "row_sum_impl.h"
+#undef TG_T
+#undef TG_F
+
+/* y[i] = exp(x[i] - shift) for i < n (y may be x); returns sum(y) in tg_row_sum's order. The
+   exp loop of every softmax. */
 TG_DISPATCH
 static inline float tg_exp_shifted_sum(const float* x, float* y, ptrdiff_t n, float shift) {
-    float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-    ptrdiff_t i;
-    int j;
-    for (i = 0; i < n; i++)
+    for (ptrdiff_t i = 0; i < n; i++)
         y[i] = tg_expf(x[i] - shift);
-    for (i = 0; i + 8 <= n; i += 8)
-        for (j = 0; j < 8; j++)
-            acc[j] += y[i + j];
-    for (j = 0; i + j < n; j++)
-        acc[j] += y[i + j];
-    return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+    return tg_row_sum_f32(y, NULL, n);
 }
 
 #endif

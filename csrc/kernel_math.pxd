@@ -14,12 +14,10 @@ from cython cimport floating
 from libc.math cimport exp, log, logf
 
 cdef extern from "kernel_math.h":
+    # Number of interleaved partial sums in the row reductions (tg_row_sum's, row_max's).
+    enum: LANES "TG_ROW_SUM_LANES"
+    double tg_row_sum_f64(const double* x, const double* y, Py_ssize_t n) noexcept nogil
     float tg_exp_shifted_sum(const float* x, float* y, Py_ssize_t n, float shift) noexcept nogil
-
-
-# Number of interleaved partial sums in the row reductions (two SSE vectors of float).
-cdef enum:
-    LANES = 8
 
 
 cdef inline floating flog(floating x) noexcept nogil:
@@ -31,29 +29,15 @@ cdef inline floating flog(floating x) noexcept nogil:
 
 cdef inline floating exp_shifted_sum(const floating* x, floating* y, Py_ssize_t n,
                                      floating shift) noexcept nogil:
-    """y[:n] = exp(x[:n] - shift) (y may be x); returns sum(y[:n]) in row_sum's order."""
+    """y[:n] = exp(x[:n] - shift) (y may be x); returns sum(y[:n]) in kernel_math.h's fixed
+    order (tg_row_sum)."""
     cdef Py_ssize_t i
     if floating is float:
         return tg_exp_shifted_sum(x, y, n, shift)
     else:
         for i in range(n):
             y[i] = exp(x[i] - shift)
-        return row_sum(y, n)
-
-
-cdef inline floating row_sum(const floating* x, Py_ssize_t n) noexcept nogil:
-    """sum(x[:n]) in LANES interleaved partial sums, combined pairwise in a fixed order."""
-    cdef floating acc[LANES]
-    cdef Py_ssize_t i = 0, j
-    for j in range(LANES):
-        acc[j] = 0
-    while i + LANES <= n:
-        for j in range(LANES):
-            acc[j] += x[i + j]
-        i += LANES
-    for j in range(n - i):
-        acc[j] += x[i + j]
-    return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]))
+        return tg_row_sum_f64(y, NULL, n)
 
 
 cdef inline floating row_max(const floating* x, Py_ssize_t n) noexcept nogil:

@@ -2,10 +2,9 @@
      TG_T        the element type (float, double)
      TG_F(name)  name with the type's suffix (name##_f32, name##_f64)
      TG_SQRT     the type's sqrt
-   (defaults below let the file compile alone). Sums run in 8 interleaved partial sums,
-   combined pairwise in one fixed order (kernel_math.pxd's row_sum): the same bits for any
-   thread count, and for the AVX-512 and AVX2 clones; the baseline clone has no FMA, so its
-   last bits may differ. */
+   (defaults below let the file compile alone). Sums run in kernel_math.h's fixed order
+   (row_sum_impl.h): the same bits for any thread count and from every clone (layernorm's
+   module compiles with -ffp-contract=off). */
 #ifndef TG_T
 #include <math.h>
 #include "kernel_math.h"
@@ -17,43 +16,10 @@
 #include <stddef.h>
 #include <string.h>
 
-typedef TG_T TG_F(tg_ln_v8) __attribute__((vector_size(8 * sizeof(TG_T))));
-
-/* The 8 partial sums, combined in kernel_math.pxd's order. */
-static inline TG_T TG_F(tg_ln_combine)(const TG_F(tg_ln_v8)* v, const TG_T* tail,
-                                       ptrdiff_t n_tail) {
-    TG_T acc[8];
-    memcpy(acc, v, sizeof acc);
-    for (ptrdiff_t j = 0; j < n_tail; j++)
-        acc[j] += tail[j];
-    return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
-}
-
-/* sum(x[:n] * y[:n]) (y NULL: sum(x[:n])); lane j sums the entries i with i % 8 == j, in order
-   (written with GCC's vector extension: spelled out as 8 scalar sums, GCC vectorized them with
-   shuffles between every add, 1.5x slower than the baseline build) */
-static inline TG_T TG_F(tg_ln_sum)(const TG_T* x, const TG_T* y, ptrdiff_t n) {
-    TG_F(tg_ln_v8) acc = {0}, a, b;
-    TG_T tail[8];
-    ptrdiff_t i = 0, j;
-    for (; i + 8 <= n; i += 8) {
-        memcpy(&a, x + i, sizeof a);
-        if (y) {
-            memcpy(&b, y + i, sizeof b);
-            acc += a * b;
-        } else {
-            acc += a;
-        }
-    }
-    for (j = 0; i + j < n; j++)
-        tail[j] = y ? x[i + j] * y[i + j] : x[i + j];
-    return TG_F(tg_ln_combine)(&acc, tail, n - i);
-}
-
-/* sum((dy * w) * xhat) over n, xhat = (x - m) * r, in tg_ln_sum's order */
+/* sum((dy * w) * xhat) over n, xhat = (x - m) * r, in tg_row_sum's order */
 static inline TG_T TG_F(tg_ln_dot_xhat)(const TG_T* dy, const TG_T* w, const TG_T* x, TG_T m,
                                         TG_T r, ptrdiff_t n) {
-    TG_F(tg_ln_v8) acc = {0}, a, b, c;
+    TG_F(tg_lanes8) acc = {0}, a, b, c;
     TG_T tail[8];
     ptrdiff_t i = 0, j;
     for (; i + 8 <= n; i += 8) {
@@ -64,7 +30,7 @@ static inline TG_T TG_F(tg_ln_dot_xhat)(const TG_T* dy, const TG_T* w, const TG_
     }
     for (j = 0; i + j < n; j++)
         tail[j] = (dy[i + j] * w[i + j]) * ((x[i + j] - m) * r);
-    return TG_F(tg_ln_combine)(&acc, tail, n - i);
+    return TG_F(tg_lanes8_total)(&acc, tail, n - i);
 }
 
 /* rows of x, out (rows, C); w, b (C,) -> out = (x - mean) * rstd * w + b, mean, rstd (rows,) */
@@ -76,11 +42,11 @@ static inline void TG_F(tg_layernorm_forward_rows)(const TG_T* x, const TG_T* w,
     for (ptrdiff_t i = 0; i < rows; i++) {
         const TG_T* xi = x + i * C;
         TG_T* o = out + i * C;
-        TG_T m = TG_F(tg_ln_sum)(xi, NULL, C) / C, r;
+        TG_T m = TG_F(tg_row_sum)(xi, NULL, C) / C, r;
         ptrdiff_t c;
         for (c = 0; c < C; c++)
             o[c] = xi[c] - m;  /* the centered row, kept in out until the last pass */
-        r = 1 / TG_SQRT(TG_F(tg_ln_sum)(o, o, C) / C + eps);
+        r = 1 / TG_SQRT(TG_F(tg_row_sum)(o, o, C) / C + eps);
         for (c = 0; c < C; c++)
             o[c] = o[c] * r * w[c] + b[c];
         mean[i] = m;
@@ -112,7 +78,7 @@ static inline void TG_F(tg_layernorm_backward_rows)(const TG_T* dout, const TG_T
             db_part[c] += dy[c];
             dw_part[c] += dy[c] * ((xi[c] - m) * r);
         }
-        mean_g = TG_F(tg_ln_sum)(dy, w, C) / C;
+        mean_g = TG_F(tg_row_sum)(dy, w, C) / C;
         mean_gx = TG_F(tg_ln_dot_xhat)(dy, w, xi, m, r, C) / C;
         if (residual) {
             const TG_T* res = residual + i * C;
