@@ -97,8 +97,8 @@ def local_depends(path, found=None):
 
 
 # Flags of one module. adamw: its twin rounds every product and sum apart (NumPy), so no
-# multiply-add may fuse them (-march=native has FMA), and sqrt of v >= 0 needs no errno check,
-# which kept its loop from vectorizing. layernorm: its AVX-512 and AVX2 clones have FMA, which
+# multiply-add may fuse them (its AVX-512 and AVX2 clones have FMA), and sqrt of v >= 0 needs
+# no errno check, which kept its loop from vectorizing. layernorm: its AVX-512 and AVX2 clones have FMA, which
 # would round dx's cancelling difference dy * w - mean(dy * w) apart from its twin (a row of one
 # entry gave a nonzero dx); unfused, every clone keeps the bits of the baseline build.
 MODULE_ARGS = {"adamw": ["-ffp-contract=off", "-fno-math-errno"],

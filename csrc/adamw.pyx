@@ -5,13 +5,11 @@
 
 with the scalars (b1, 1 - b1, b2, 1 - b2, lr, eps_hat, step) in the arrays' type. One pass over
 the arrays, where NumPy makes fifteen. The arrays are cut into fixed spans of SPAN elements, one
-prange work item each. Every operation is rounded once, in the reference's order: this module
-compiles with -ffp-contract=off (setup.py), so that no product and sum fuse into one
-multiply-add, and the kernel gives the reference's bits on any thread count.
+prange work item each; the span's loop is in C, in adamw.h, and gives the reference's bits on
+any thread count and from every SIMD clone (see there).
 """
 from cython cimport floating
 from cython.parallel cimport prange
-from libc.math cimport sqrt, sqrtf
 
 from kernel_checks cimport require, thread_count
 
@@ -21,20 +19,24 @@ cdef enum:
 _BLOCKS = {"span": SPAN}  # the work split, for the tests' boundary cases
 
 
+cdef extern from "adamw.h":
+    void tg_adamw_span_f32(float* p, const float* g, float* m, float* v, const float* decay,
+                           Py_ssize_t n, float b1, float one_b1, float b2, float one_b2,
+                           float lr, float eps_hat, float step) noexcept nogil
+    void tg_adamw_span_f64(double* p, const double* g, double* m, double* v,
+                           const double* decay, Py_ssize_t n, double b1, double one_b1,
+                           double b2, double one_b2, double lr, double eps_hat,
+                           double step) noexcept nogil
+
+
 cdef void adamw_span(floating* p, const floating* g, floating* m, floating* v,
                      const floating* decay, Py_ssize_t n, floating b1, floating one_b1,
                      floating b2, floating one_b2, floating lr, floating eps_hat,
                      floating step) noexcept nogil:
-    cdef Py_ssize_t i
-    cdef floating mi, vi, pi, root
-    for i in range(n):
-        mi = m[i] * b1 + one_b1 * g[i]
-        vi = v[i] * b2 + g[i] * g[i] * one_b2
-        pi = p[i] - decay[i] * p[i] * lr
-        root = sqrtf(vi) if floating is float else sqrt(vi)
-        m[i] = mi
-        v[i] = vi
-        p[i] = pi - mi / (root + eps_hat) * step
+    if floating is float:
+        tg_adamw_span_f32(p, g, m, v, decay, n, b1, one_b1, b2, one_b2, lr, eps_hat, step)
+    else:
+        tg_adamw_span_f64(p, g, m, v, decay, n, b1, one_b1, b2, one_b2, lr, eps_hat, step)
 
 
 def adamw_update(floating[::1] params not None, const floating[::1] grads not None,
