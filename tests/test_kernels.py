@@ -542,8 +542,8 @@ def test_header_compiles_alone_without_warnings(header, flags, tmp_path):
     assert done.returncode == 0, done.stderr
 
 
-@pytest.mark.parametrize("module", [_cross_entropy, _gelu, _layernorm, _linear, _relu2],
-                         ids=lambda m: m.__name__)
+@pytest.mark.parametrize("module", [_adamw, _cross_entropy, _embedding, _gelu, _layernorm,
+                                    _linear, _relu2], ids=lambda m: m.__name__)
 def test_dispatched_loops_have_an_avx512_clone(module):
     """kernel_math.h's TG_DISPATCH clones each loop it marks for AVX-512 (x86-64-v4) beside
     AVX2 (x86-64-v3): a build with the dispatch holds both clones, one without it (a compiler
@@ -567,6 +567,7 @@ def _default_like_calls(dtype):
     logits, targets = normal(rng, (300, 65), dtype), rng.integers(-1, 65, 300)
     lw, lb = normal(rng, (96, 40), dtype), normal(rng, 40, dtype)
     x_rows, dy_rows = normal(rng, (2100, 96), dtype), normal(rng, (2100, 40), dtype)
+    skewed_ids = np.minimum(rng.geometric(0.6, 300) - 1, 1)  # 2 ids for up to 3 threads
     return {
         "linear_forward": lambda n: (on_kernels(n, "linear_forward", x_rows, lw, lb, dy_rows),),
         "linear_backward": lambda n: on_kernels(n, "linear_backward", dy_rows, x_rows, lw),
@@ -578,6 +579,7 @@ def _default_like_calls(dtype):
         "attention_backward": lambda n: (on_kernels(n, "attention_backward", do, qkv, out, lse, 3),),
         "softmax_cross_entropy": lambda n: on_kernels(n, "softmax_cross_entropy", logits,
                                                            targets),
+        "embedding_backward": lambda n: (on_kernels(n, "embedding_backward", x, skewed_ids, 2),),
     }
 
 
