@@ -1,9 +1,10 @@
 """Fused softmax + cross-entropy: compiled twin of tinygpt.reference.softmax_cross_entropy.
 
-One pass per row (one prange work item each): row max, exp(logits - max) written straight into
-dlogits, their sum, the row's loss, then dlogits scaled in place to (softmax - onehot) / n_valid.
-Row losses go to a per-row array that NumPy sums afterwards (float64, one fixed order), so the
-mean loss has the same bits for any thread count.
+One pass per row: row max, exp(logits - max) written straight into dlogits, their sum, the
+row's loss, then dlogits scaled in place to (softmax - onehot) / n_valid. The rows are C, in
+cross_entropy.h; each thread takes an equal share of them. Row losses go to a per-row array
+that NumPy sums afterwards (float64, one fixed order), so the mean loss has the same bits for
+any thread count.
 """
 import numpy as np
 
@@ -11,32 +12,32 @@ from cython cimport floating
 from cython.parallel cimport prange
 
 from kernel_checks cimport require, thread_count
-from kernel_math cimport LANES, exp_shifted_sum, flog, row_max
+from kernel_math cimport LANES
+from libc.stdint cimport int64_t
 
 _BLOCKS = {"lanes": LANES}  # the reductions' partial sums, for the tests' boundary cases
 
 
-cdef floating softmax_xent_row(const floating* z, Py_ssize_t V, Py_ssize_t target,
-                               floating inv_n, floating* g) noexcept nogil:
-    """One row: logits z (V,), target in [-1, V) -> the row's loss; g (V,) receives dlogits.
-    An ignored row (target -1) has loss 0 and zero gradient."""
-    cdef Py_ssize_t j
-    if target < 0:
-        for j in range(V):
-            g[j] = 0
-        return 0
-    cdef floating m = row_max(z, V)
-    cdef floating s = exp_shifted_sum(z, g, V, m)  # g = exp(z - m), s = sum(g)
-    cdef floating e_target = g[target]
-    cdef floating scale = inv_n / s
-    for j in range(V):
-        g[j] = g[j] * scale
-    g[target] = (e_target / s - 1) * inv_n
-    return (m + flog(s)) - z[target]
+cdef extern from "cross_entropy.h":
+    void tg_softmax_xent_rows_f32(const float* logits, const int64_t* targets, Py_ssize_t r0,
+                                  Py_ssize_t r1, Py_ssize_t V, float inv_n, float* dlogits,
+                                  float* loss) noexcept nogil
+    void tg_softmax_xent_rows_f64(const double* logits, const int64_t* targets, Py_ssize_t r0,
+                                  Py_ssize_t r1, Py_ssize_t V, double inv_n, double* dlogits,
+                                  double* loss) noexcept nogil
+
+
+cdef void softmax_xent_rows(const floating* logits, const int64_t* targets, Py_ssize_t r0,
+                            Py_ssize_t r1, Py_ssize_t V, floating inv_n, floating* dlogits,
+                            floating* loss) noexcept nogil:
+    if floating is float:
+        tg_softmax_xent_rows_f32(logits, targets, r0, r1, V, inv_n, dlogits, loss)
+    else:
+        tg_softmax_xent_rows_f64(logits, targets, r0, r1, V, inv_n, dlogits, loss)
 
 
 def softmax_cross_entropy(const floating[:, ::1] logits not None,
-                          const long long[::1] targets not None,
+                          const int64_t[::1] targets not None,
                           floating[:, ::1] dlogits not None, int n_threads):
     """logits (N, V), targets (N,) in [-1, V), -1 = ignore -> the mean loss over the rows not
     ignored (a Python float); dlogits (N, V) receives its gradient."""
@@ -50,8 +51,8 @@ def softmax_cross_entropy(const floating[:, ::1] logits not None,
     row_loss = np.empty(N, np.float32 if floating is float else np.float64)
     cdef floating[::1] losses = row_loss
     cdef floating inv_n = <floating>(1.0 / n_valid) if n_valid else 0
-    cdef int nt = thread_count(n_threads)
-    for i in prange(N, nogil=True, schedule='static', num_threads=nt):
-        losses[i] = softmax_xent_row(&logits[i, 0], V, <Py_ssize_t>targets[i], inv_n,
-                                     &dlogits[i, 0])
+    cdef int nt = thread_count(n_threads), t
+    for t in prange(nt if N else 0, nogil=True, schedule='static', num_threads=nt):
+        softmax_xent_rows(&logits[0, 0], &targets[0], t * N // nt, (t + 1) * N // nt, V, inv_n,
+                          &dlogits[0, 0], &losses[0])
     return float(row_loss.sum(dtype=np.float64) / n_valid)
