@@ -356,6 +356,19 @@ def test_ab_step_times_two_trees_in_turns():
     assert float(rows["step"][-8]) > float(rows["linear_forward"][-8]) > 0
 
 
+def test_ab_step_large_runs_the_larger_model():
+    command = [sys.executable, str(REPO / "bench" / "ab_step.py"), str(REPO), str(REPO),
+               "--pairs", "1", "--large"]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    header, _, step = done.stdout.splitlines()[:3]
+    d_model, n_heads, n_layers, seq_len, _ = SHAPES["train_step_large"]
+    n_params = TinyGPT(VOCAB, d_model=d_model, n_heads=n_heads, n_layers=n_layers,
+                       max_seq_len=seq_len).num_parameters()
+    assert f"larger model ({n_params:,} parameters)" in header
+    assert step.split()[0] == "step" and float(step.split()[1]) > 0
+
+
 def test_ab_step_wants_two_trees(tmp_path):
     done = subprocess.run([sys.executable, str(REPO / "bench" / "ab_step.py"), str(tmp_path)],
                           cwd=REPO, capture_output=True, text=True, timeout=60)
