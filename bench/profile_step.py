@@ -47,13 +47,20 @@ def timed_ops(totals, flops):
              "rotary_backward"]
     originals = {name: getattr(ops, name) for name in dict.fromkeys(names)}
 
+    last = {}  # the activation of the last linear forward that ran one
+
     def timer(name, fn):
         @functools.wraps(fn)
         def run(*args, **kwargs):
             start = time.perf_counter()
             result = fn(*args, **kwargs)
-            # a linear layer that runs its activation too is a row of its own
-            label = name + (f" + {kwargs['activation']}" if kwargs.get("activation") else "")
+            # a linear layer that runs its activation too (forward), or its slope (backward:
+            # the last such forward's activation), is a row of its own
+            if kwargs.get("activation"):
+                last["activation"] = kwargs["activation"]
+            fused = kwargs.get("activation") or (kwargs.get("slope") is not None
+                                                 and last.get("activation"))
+            label = name + (f" + {fused}" if fused else "")
             totals[label] += time.perf_counter() - start
             if name in LINEAR_FLOPS:
                 x, weight = (args[1], args[2]) if name == "linear_backward" else args[:2]

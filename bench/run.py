@@ -287,9 +287,11 @@ def capture_calls(names):
     AdamW) of the small model, with GPT-2's block and with OPTIONS, copied (the model reuses its
     buffers).
 
-    The MLP's activation runs inside its linear layers (linear_forward and linear_backward
-    with activation=...): those calls stand for the activation op's, on the same arrays, and
-    the linear op's own entry keeps its plain calls."""
+    The MLP's activation runs inside its linear layers (linear_forward with activation=...,
+    linear_backward with its slope=...): the forward's arrays stand for the activation ops'
+    (forward: its input, recomputed, and output; backward: the output as the gradient, whose
+    values do not change the time, and the input), and the linear op's own entry keeps its
+    plain calls."""
     largest = {}
 
     def keep(name, args, kwargs):
@@ -302,12 +304,12 @@ def capture_calls(names):
         def record(*args, **kwargs):
             result = fn(*args, **kwargs)
             activation = kwargs.get("activation")
-            if activation is None:
+            if activation is not None:  # result: (slope, post = activation(pre))
+                pre = originals.get("linear_forward", ops.linear_forward)(*args)
+                keep(f"{activation}_forward", [pre], {"out": result[1]})
+                keep(f"{activation}_backward", [result[1], pre], {})
+            elif kwargs.get("slope") is None:
                 keep(name, args, kwargs)
-            elif name == "linear_forward":  # result: (pre, post = activation(pre))
-                keep(f"{activation}_forward", [result[0]], {"out": result[1]})
-            else:  # result[0]: the gradient at pre, in place of the one at the activation
-                keep(f"{activation}_backward", [result[0], kwargs["pre"]], {})
             return result
         return record
 

@@ -8,14 +8,14 @@ float64 follows the reference formula with libm tanh. float32, the training dtyp
 span loops in C, in gelu.h (to carry kernel_math.h's TG_DISPATCH: AVX-512 or AVX2+FMA where
 the CPU has it), and writes the same function without tanh, branch-free (so the loops
 vectorize) and free of the cancellation in 1 + tanh(u) and 1 - tanh(u)^2 near tanh = -1 and +1:
-    forward:  0.5 (1 + t) = 1 / (1 + exp(-2u)), so gelu(x) = x / (1 + exp(-2u))
-              (exp(-2u) = +inf for u below -44 gives -0, as the reference does)
-    backward: with e = exp(-2|u|) <= 1,
-              for u >= 0: 1 + t = 2 / (1 + e),  1 - t = 2e / (1 + e)   (swapped for u < 0)
-              1 - t^2 = (1 + t)(1 - t)
-The forward's form runs 21% faster than the bounded-e form it replaced (AMD EPYC, AVX-512, one
-thread); the backward keeps the bounded e, since its 1 - t, written with exp(-2u), would be
-inf / inf for u below -44.
+with e = exp(-2|u|) <= 1,
+    for u >= 0: 1 + t = 2 / (1 + e),  1 - t = 2e / (1 + e)   (swapped for u < 0)
+    1 - t^2 = (1 + t)(1 - t)
+    forward:  gelu(x) = x * 0.5 (1 + t)   (e = 0 for u below -44 gives -0, as the reference does)
+    backward: gelu'(x) = 0.5 (1 + t) + 0.5 x (1 - t^2) c (1 + 3 * 0.044715 x^2)
+One function computes both from one exp (gelu.h's tg_gelu_value_slope): the MLP's linear layer
+keeps gelu'(x) from its forward, so that its backward only multiplies (linear.h), and this
+module's forward and backward take their halves, so both paths give the same bits.
 Both are more accurate than NumPy's float32 reference (see tests/test_kernels.py).
 """
 from cython cimport floating

@@ -403,25 +403,25 @@ static void tg_lin_dweight_rows(const tg_lin_isa_t* t, const float* x, const flo
     }
 }
 
-/* post[:n] = act(pre[:n]): gelu.h's and relu2.h's loops, the ones their own kernels run. */
-static inline void tg_lin_act_forward(int act, const float* pre, float* post, ptrdiff_t n) {
+/* post[:n] = act(pre[:n]), and pre[:n] replaced by act'(pre[:n]), the slope that the backward
+   multiplies by: gelu.h's and relu2.h's loops, the ones their own kernels run. */
+static inline void tg_lin_act_forward(int act, float* pre, float* post, ptrdiff_t n) {
     if (act == TG_ACT_GELU)
-        tg_gelu_forward_f32(pre, post, n);
+        tg_gelu_forward_slope_f32(pre, post, n);
     else if (act == TG_ACT_RELU2)
-        tg_relu2_forward_f32(pre, post, n);
+        tg_relu2_forward_slope_f32(pre, post, n);
 }
 
-/* d[:n] = d[:n] * act'(pre[:n]), in place: the gradient at act's output becomes the one at
-   its input (each element read before it is written). */
-static inline void tg_lin_act_backward(int act, float* d, const float* pre, ptrdiff_t n) {
-    if (act == TG_ACT_GELU)
-        tg_gelu_backward_f32(d, pre, d, n);
-    else if (act == TG_ACT_RELU2)
-        tg_relu2_backward_f32(d, pre, d, n);
+/* d[:n] = d[:n] * slope[:n], in place: the gradient at an activation's output becomes the one
+   at its input. */
+TG_DISPATCH
+static inline void tg_lin_times_slope(float* d, const float* slope, ptrdiff_t n) {
+    for (ptrdiff_t i = 0; i < n; i++)
+        d[i] = d[i] * slope[i];
 }
 
-/* out (N, M) = x @ w + bias + res; with act, post (N, M) = act(out) too, each work item's rows
-   while they are in cache. */
+/* out (N, M) = x @ w + bias + res; with act, post (N, M) = act(out) too and out becomes act's
+   slope there (tg_lin_act_forward), each work item's rows while they are in cache. */
 static inline void tg_lin_forward_f32(const float* x, const float* w, const float* bias,
                                const float* res, ptrdiff_t N, ptrdiff_t K, ptrdiff_t M,
                                float* out, int act, float* post, float* scratch, int isa,
@@ -448,11 +448,12 @@ static inline void tg_lin_forward_f32(const float* x, const float* w, const floa
     }
 }
 
-/* dx (N, K) = dout @ w^T, dw (K, M) = x^T @ dout, db = dout's column sums; with act, x was
-   act(pre), pre (N, K), and dx becomes the gradient at pre, chunk by chunk while in cache. */
+/* dx (N, K) = dout @ w^T, dw (K, M) = x^T @ dout, db = dout's column sums; with slope (N, K;
+   NULL for none), x was an activation's output and slope its derivative there, and dx becomes
+   the gradient at the activation's input, chunk by chunk while in cache. */
 static inline void tg_lin_backward_f32(const float* dout, const float* x, const float* w,
-                                ptrdiff_t N, ptrdiff_t K, ptrdiff_t M, int act,
-                                const float* pre, float* dx, float* dw, float* db,
+                                ptrdiff_t N, ptrdiff_t K, ptrdiff_t M, const float* slope,
+                                float* dx, float* dw, float* db,
                                 float* scratch, int isa, int n_threads) {
     tg_lin_isa_t t = tg_lin_isa_get(isa);
     ptrdiff_t panels = (K + t.nr - 1) / t.nr;
@@ -483,8 +484,8 @@ static inline void tg_lin_backward_f32(const float* dout, const float* x, const 
                 ptrdiff_t next_rows = tg_lin_min(TG_LIN_CHUNK, end - r0 - rows);
                 tg_lin_rows_gemm(&t, dout + r0 * M, M, rows, M, packed, K, dx + r0 * K, K,
                                  NULL, NULL, 0);
-                if (act)
-                    tg_lin_act_backward(act, dx + r0 * K, pre + r0 * K, rows * K);
+                if (slope)
+                    tg_lin_times_slope(dx + r0 * K, slope + r0 * K, rows * K);
                 tg_lin_dweight_rows(&t, x + r0 * K, dout + r0 * M, rows, K, M, pdw, pdb,
                                     r0 > s * seg, buf, x + (r0 + rows) * K,
                                     next_rows * K * (ptrdiff_t)sizeof(float));

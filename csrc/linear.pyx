@@ -29,11 +29,12 @@ The AVX2 and AVX-512 kernels add the same products in the same order with FMA, s
 same bits as each other (which of them runs depends on the CPU, the same for every thread).
 
 linear_act_forward and linear_act_backward (float32, own GEMM) run the MLP's activation inside
-the layer: forward, on each work item's output rows just written (fc's pre-activation and its
-activation); backward, on each chunk's dx just computed (fc2's dx, at the activation's output,
-becomes the gradient at its input). The rows are still in cache, which spares a pass over
-memory each way, and the loops are gelu.h's and relu2.h's, so the bits are those of the
-separate kernels.
+the layer: forward, on each work item's output rows just written (fc's activation, and its
+slope written over the pre-activation: the derivative there, from the same exp); backward, on
+each chunk's dx just computed (fc2's dx, at the activation's output, times the slope becomes
+the gradient at its input). The rows are still in cache, which spares a pass over memory each
+way, and the loops are gelu.h's and relu2.h's, so the bits are those of the separate kernels
+(the slope is the activation's backward of ones).
 """
 import numpy as np
 
@@ -61,7 +62,7 @@ cdef extern from "linear.h":
                             Py_ssize_t N, Py_ssize_t K, Py_ssize_t M, float* out, int act,
                             float* post, float* scratch, int isa, int n_threads) noexcept nogil
     void tg_lin_backward_f32(const float* dout, const float* x, const float* w, Py_ssize_t N,
-                             Py_ssize_t K, Py_ssize_t M, int act, const float* pre, float* dx,
+                             Py_ssize_t K, Py_ssize_t M, const float* slope, float* dx,
                              float* dw, float* db, float* scratch, int isa,
                              int n_threads) noexcept nogil
 
@@ -246,14 +247,14 @@ cdef _forward_f32(const float[:, ::1] x, const float[:, ::1] w, const float* bia
 
 
 cdef _backward_f32(const float[:, ::1] dout, const float[:, ::1] x, const float[:, ::1] w,
-                   int act, const float[:, ::1] pre, float[:, ::1] dx, float[:, ::1] dw,
+                   const float[:, ::1] slope, float[:, ::1] dx, float[:, ::1] dw,
                    float[::1] db, int nt):
     cdef Py_ssize_t N = x.shape[0], K = x.shape[1], M = w.shape[1]
     buffer = np.empty(tg_lin_backward_scratch(N, K, M, nt) + SLACK, np.float32)
     cdef float* scratch = _aligned(buffer)
-    cdef const float* p = &pre[0, 0] if act else NULL
+    cdef const float* s = &slope[0, 0] if slope is not None else NULL
     with nogil:
-        tg_lin_backward_f32(&dout[0, 0], &x[0, 0], &w[0, 0], N, K, M, act, p, &dx[0, 0],
+        tg_lin_backward_f32(&dout[0, 0], &x[0, 0], &w[0, 0], N, K, M, s, &dx[0, 0],
                             &dw[0, 0], &db[0], scratch, _isa, nt)
 
 
@@ -272,7 +273,7 @@ def linear_backward(const floating[:, ::1] dout not None, const floating[:, ::1]
     cdef int nt = thread_count(n_threads)
     if floating is float:  # the own GEMM, as in linear_forward
         if _isa:
-            _backward_f32(dout, x, weight, 0, None, dx, dweight, dbias, nt)
+            _backward_f32(dout, x, weight, None, dx, dweight, dbias, nt)
             return
     cdef floating[::1] partial = np.empty(max(1, (tg_lin_segments(N) - 1) * (K * M + M)),
                                           np.float32 if floating is float else np.float64)
@@ -280,17 +281,18 @@ def linear_backward(const floating[:, ::1] dout not None, const floating[:, ::1]
         backward_impl(dout, x, weight, dx, dweight, dbias, partial, nt)
 
 
-# The activations the own GEMM runs on a layer's output (forward) or had on its input
-# (backward): tinygpt.ops' names -> linear.h's codes.
+# The activations the own GEMM runs on a layer's output: tinygpt.ops' names -> linear.h's
+# codes.
 ACTIVATIONS = {"gelu": TG_ACT_GELU, "relu2": TG_ACT_RELU2}
 
 
 def linear_act_forward(const float[:, ::1] x not None, const float[:, ::1] weight not None,
                        const float[::1] bias, str activation not None,
                        float[:, ::1] out not None, float[:, ::1] post not None, int n_threads):
-    """float32 on the own GEMM: x (N, K), weight (K, M), bias (M,) or None
-    -> out (N, M) = x @ weight + bias and post (N, M) = activation(out), the activation run on
-    each work item's rows while they are in cache (the same bits as its own kernel)."""
+    """float32 on the own GEMM: x (N, K), weight (K, M), bias (M,) or None, pre = x @ weight +
+    bias -> post (N, M) = activation(pre) and out (N, M) = activation'(pre), the slope, each
+    work item's rows while they are in cache (the bits of the activation's own kernels: its
+    forward, and its backward of ones)."""
     cdef Py_ssize_t N = x.shape[0], K = x.shape[1], M = weight.shape[1]
     check_sizes(N, K, M)
     require(_isa != 0 and activation in ACTIVATIONS, "an activation on the own GEMM")
@@ -305,19 +307,18 @@ def linear_act_forward(const float[:, ::1] x not None, const float[:, ::1] weigh
 
 
 def linear_act_backward(const float[:, ::1] dout not None, const float[:, ::1] x not None,
-                        const float[:, ::1] weight not None, str activation not None,
-                        const float[:, ::1] pre not None, float[:, ::1] dx not None,
-                        float[:, ::1] dweight not None, float[::1] dbias not None,
-                        int n_threads):
-    """float32 on the own GEMM: dout (N, M), then forward's x (N, K) = activation(pre (N, K))
-    and weight (K, M) -> dx (N, K), the gradient at pre, dweight (K, M), dbias (M,)."""
+                        const float[:, ::1] weight not None, const float[:, ::1] slope not None,
+                        float[:, ::1] dx not None, float[:, ::1] dweight not None,
+                        float[::1] dbias not None, int n_threads):
+    """float32 on the own GEMM: dout (N, M), then forward's x (N, K), an activation's output,
+    its slope (N, K) (linear_act_forward's out) and weight (K, M) -> dx (N, K), the gradient at
+    the activation's input, dweight (K, M), dbias (M,)."""
     cdef Py_ssize_t N = x.shape[0], K = x.shape[1], M = weight.shape[1]
     check_sizes(N, K, M)
-    require(_isa != 0 and activation in ACTIVATIONS, "an activation on the own GEMM")
+    require(_isa != 0, "the own GEMM")
     require(weight.shape[0] == K and dout.shape[0] == N and dout.shape[1] == M
-            and pre.shape[0] == N and pre.shape[1] == K
+            and slope.shape[0] == N and slope.shape[1] == K
             and dx.shape[0] == N and dx.shape[1] == K and dweight.shape[0] == K
             and dweight.shape[1] == M and dbias.shape[0] == M,
-            "dout (N, M), x, pre, dx (N, K), weight, dweight (K, M), dbias (M,)")
-    _backward_f32(dout, x, weight, ACTIVATIONS[activation], pre, dx, dweight, dbias,
-                  thread_count(n_threads))
+            "dout (N, M), x, slope, dx (N, K), weight, dweight (K, M), dbias (M,)")
+    _backward_f32(dout, x, weight, slope, dx, dweight, dbias, thread_count(n_threads))

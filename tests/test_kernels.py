@@ -481,10 +481,11 @@ def test_every_float32_linear_path_at_its_block_boundaries(n, k, m):
             np.testing.assert_array_equal(a, b)
 
 
-# A linear layer with an activation: the MLP's fc forward (pre, post = act(pre)) and fc2's
-# backward (dx at the activation's input). On the own float32 GEMM the activation runs on each
-# work item's rows inside the kernel; elsewhere (float64, BLAS, NumPy) as an op of its own.
-# Either way the bits are those of the two ops in turn. (n, k, m) on each side of the forward
+# A linear layer with an activation: the MLP's fc forward (post = act(pre), and act's slope
+# there) and fc2's backward (dx at the activation's input, times the slope). On the own float32
+# GEMM the activation runs on each work item's rows inside the kernel; elsewhere (float64, BLAS,
+# NumPy) as ops of its own. Either way the bits are those of the separate ops in turn (the
+# slope: the activation's backward of ones). (n, k, m) on each side of the forward
 # rows and the backward chunks, and a single row.
 FUSED_SHAPES = [(1, 1, 1), (FORWARD_ROWS - 1, 7, NR + 1), (FORWARD_ROWS + 1, MR, 2 * NR),
                 (CHUNK - 1, 33, 65), (CHUNK + 1, 16, NR_AVX2 - 1), (2 * SEGMENT + 3, 12, 40)]
@@ -504,11 +505,13 @@ def test_linear_with_an_activation_gives_the_bits_of_the_two_ops(activation, dty
     try:
         for path in paths:
             _linear._use_isa(path)
-            pre, post = on_kernels(n_threads, "linear_forward", x, w, bias, activation=activation)
-            np.testing.assert_array_equal(pre, on_kernels(n_threads, "linear_forward", x, w, bias))
+            slope, post = on_kernels(n_threads, "linear_forward", x, w, bias,
+                                     activation=activation)
+            pre = on_kernels(n_threads, "linear_forward", x, w, bias)
             np.testing.assert_array_equal(post, on_kernels(n_threads, forward, pre))
-            got = on_kernels(n_threads, "linear_backward", dout, post, w2, activation=activation,
-                             pre=pre)
+            ones = np.ones_like(pre)
+            np.testing.assert_array_equal(slope, on_kernels(n_threads, backward, ones, pre))
+            got = on_kernels(n_threads, "linear_backward", dout, post, w2, slope=slope)
             dpost, *expected = on_kernels(n_threads, "linear_backward", dout, post, w2)
             for a, e in zip(got, (on_kernels(n_threads, backward, dpost, pre), *expected)):
                 np.testing.assert_array_equal(a, e)
@@ -706,10 +709,8 @@ BAD_CALLS = [
     (ValueError, "must not be empty", lambda: LIN_F(x[:0], LW)),
     (ValueError, "activation must be one of", lambda: LIN_F(x, LW, activation="tanh")),
     (ValueError, "not both", lambda: LIN_F(x, LW, None, x @ LW, activation="gelu")),
-    (ValueError, "together", lambda: LIN_B(x @ LW, x, LW, activation="gelu")),
-    (ValueError, "together", lambda: LIN_B(x @ LW, x, LW, pre=x)),
-    (ValueError, "pre must have shape", lambda: LIN_B(x @ LW, x, LW, activation="relu2", pre=x[1:])),
-    (TypeError, "pre", lambda: LIN_B(x @ LW, x, LW, activation="relu2", pre=x.astype(np.float64))),
+    (ValueError, "slope must have shape", lambda: LIN_B(x @ LW, x, LW, slope=x[1:])),
+    (TypeError, "slope", lambda: LIN_B(x @ LW, x, LW, slope=x.astype(np.float64))),
     (ValueError, "2 arrays", lambda: LIN_F(x, LW, activation="relu2", out=(x @ LW,))),
     (ValueError, "overlaps", lambda: LIN_F(x, LW, activation="gelu", out=(x @ LW,) * 2)),
     # out-of-range targets: the message gives the value and the index
@@ -791,8 +792,8 @@ def _direct_calls():
         lambda: _linear.linear_act_forward(z((4, 3), f32), z((3, 5), f32), None, "tanh",
                                            z((4, 5), f32), z((4, 5), f32), 1),
         lambda: _linear.linear_act_backward(z((4, 5), f32), z((4, 3), f32), z((3, 5), f32),
-                                            "relu2", z((2, 3), f32), z((4, 3), f32),
-                                            z((3, 5), f32), z(5, f32), 1),  # pre short
+                                            z((2, 3), f32), z((4, 3), f32), z((3, 5), f32),
+                                            z(5, f32), 1),  # slope short
         lambda: _adamw.adamw_update(z(5, f32), z(4, f32), z(5, f32), z(5, f32), z(5, f32),
                                     0.9, 0.1, 0.99, 0.01, 1e-3, 1e-8, 1e-3, 1),  # grads short
         lambda: _adamw.adamw_update(z(5, f32), z(5, f32), z(5, f32), z(5, f32), z(4, f32),

@@ -54,7 +54,8 @@ class RowOps:
         return out
 
     def linear_forward(self, x, weight, bias=None, residual=None, *, activation=None, out):
-        """out = residual + x @ weight + bias; with an activation, out = (pre, post)."""
+        """out = residual + x @ weight + bias; with an activation, out = (pre, post): pre in
+        place of ops.linear_forward's slope, which only a backward reads."""
         pre = out if activation is None else out[0]
         np.matmul(x, weight, out=pre)
         if bias is not None:

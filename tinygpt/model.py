@@ -174,8 +174,8 @@ class BlockActivations:
     ln2: np.ndarray     # (N, C)
     mean2: np.ndarray   # (N,)
     rstd2: np.ndarray   # (N,)
-    fc: np.ndarray      # (N, 4C) the MLP's pre-activation
-    act: np.ndarray     # (N, 4C) its activation
+    fc: np.ndarray      # (N, 4C) the activation's slope at the MLP's pre-activation
+    act: np.ndarray     # (N, 4C) the activation
     x_out: np.ndarray   # (N, C) the block's output: the next block's x
     mask_att: Optional[np.ndarray] = None  # (N, C) dropout masks (0 or 1 / (1 - p)), or None
     mask_mlp: Optional[np.ndarray] = None  # (N, C)
@@ -304,8 +304,7 @@ def block_backward(cfg, w, dw, a, s, rope, dropout):
     N = B * T
     # MLP: x_out = x_mid + fc2(act(fc(ln2(x_mid))))
     dbranch = _residual_backward(s, a.mask_mlp, dropout)
-    ops.linear_backward(dbranch, a.act, w.fc2_w, activation=cfg.mlp, pre=a.fc,
-                        out=(s.dfc, dw.fc2_w, dw.fc2_b))
+    ops.linear_backward(dbranch, a.act, w.fc2_w, slope=a.fc, out=(s.dfc, dw.fc2_w, dw.fc2_b))
     ops.linear_backward(s.dfc, a.ln2, w.fc_w, out=(s.dln, dw.fc_w, dw.fc_b))
     ops.layernorm_backward(s.dln, a.x_mid, w.ln2_w, a.mean2, a.rstd2, s.dx,
                            out=(s.dx, dw.ln2_w, dw.ln2_b))

@@ -326,8 +326,10 @@ def linear_forward(x, weight, bias=None, residual=None, *, activation=None, out=
     """x (N, K), weight (K, M), bias (M,) or None, residual (N, M) or None
     -> out (N, M) = residual + x @ weight + bias.
 
-    With an activation ("gelu" or "relu2"; no residual then): out is (pre, post), each (N, M):
-    pre = x @ weight + bias and post = activation(pre), the same bits as the two ops."""
+    With an activation ("gelu" or "relu2"; no residual then): out is (slope, post), each
+    (N, M): with pre = x @ weight + bias, post = activation(pre) and slope = activation'(pre),
+    what linear_backward(..., slope=) multiplies by (the bits of this op, the activation's
+    forward, and its backward of ones)."""
     optional = {name: a for name, a in (("bias", bias), ("residual", residual)) if a is not None}
     x, weight, *rest = _float_arrays(x=x, weight=weight, **optional)
     optional = dict(zip(optional, rest))
@@ -345,25 +347,26 @@ def linear_forward(x, weight, bias=None, residual=None, *, activation=None, out=
     _expect_activation(activation)
     if "residual" in optional:
         raise ValueError("linear_forward takes a residual or an activation, not both")
-    _expect_out(out, [("pre", shape), ("post", shape)], x.dtype, inputs)
-    pre, post = _new_or(out, [shape, shape], x.dtype)
+    _expect_out(out, [("slope", shape), ("post", shape)], x.dtype, inputs)
+    slope, post = _new_or(out, [shape, shape], x.dtype)
     fused = _fused_linear("linear_act_forward", x.dtype)
     if fused is not None:
-        fused(x, weight, optional.get("bias"), activation, pre, post, _state["threads"])
+        fused(x, weight, optional.get("bias"), activation, slope, post, _state["threads"])
     else:
+        pre = slope  # pre is read before slope is written over it, element by element
         _run("linear_forward", (x, weight, optional.get("bias"), None), pre, [shape])
         _elementwise(f"{activation}_forward", (pre,), post)
-    return pre, post
+        _elementwise(f"{activation}_backward", (np.ones_like(pre), pre), slope)
+    return slope, post
 
 
-def linear_backward(dout, x, weight, *, activation=None, pre=None, out=None):
+def linear_backward(dout, x, weight, *, slope=None, out=None):
     """dout (N, M), then forward's x (N, K), weight (K, M) -> dx (N, K), dweight, dbias (M,).
 
-    With an activation ("gelu" or "relu2") and pre (N, K): x was activation(pre), and dx is the
-    gradient at pre (the same bits as this op and the activation's backward in turn)."""
-    if (activation is None) != (pre is None):
-        raise ValueError("linear_backward takes activation and pre together")
-    optional = {} if pre is None else {"pre": pre}
+    With slope (N, K): x was an activation's output and slope its derivative at the input
+    (linear_forward's with an activation); dx is the gradient at that input, dx * slope (the
+    same bits as this op and the activation's backward in turn)."""
+    optional = {} if slope is None else {"slope": slope}
     dout, x, weight, *rest = _float_arrays(dout=dout, x=x, weight=weight, **optional)
     _expect_matmul(x, weight)
     (N, K), M = x.shape, weight.shape[1]
@@ -371,19 +374,18 @@ def linear_backward(dout, x, weight, *, activation=None, pre=None, out=None):
     shapes = [(N, K), (K, M), (M,)]
     _expect_out(out, list(zip(("dx", "dweight", "dbias"), shapes)), x.dtype,
                 (dout, x, weight, *rest))
-    if activation is None:
+    if slope is None:
         return _run("linear_backward", (dout, x, weight), out, shapes)
-    _expect_activation(activation)
-    (pre,) = rest
-    _expect_shape("pre", pre, (N, K))
+    (slope,) = rest
+    _expect_shape("slope", slope, (N, K))
     dx, dweight, dbias = _new_or(out, shapes, x.dtype)
     fused = _fused_linear("linear_act_backward", x.dtype)
     if fused is not None:
-        fused(dout, x, weight, activation, pre, dx, dweight, dbias, _state["threads"])
+        fused(dout, x, weight, slope, dx, dweight, dbias, _state["threads"])
     else:
-        dpost = empty(dx.shape, dx.dtype)  # the gradient at x, activation's output
-        _run("linear_backward", (dout, x, weight), (dpost, dweight, dbias), shapes)
-        _elementwise(f"{activation}_backward", (dpost, pre), dx)
+        # the gradient at x, the activation's output, then times the activation's slope
+        _run("linear_backward", (dout, x, weight), (dx, dweight, dbias), shapes)
+        np.multiply(dx, slope, out=dx)
     return dx, dweight, dbias
 
 
