@@ -1,7 +1,6 @@
 /* Shared C helpers of the kernels in csrc/: float32 exp and select without branches, a row's
-   sum in a fixed order (row_sum_impl.h, for float and double), the float32 exp-and-sum loop of
-   every softmax, the dispatch attribute of the exp-heavy loops, and where the kernels' scratch
-   starts.
+   sum in a fixed order (row_sum_impl.h, for float and double), the dispatch attribute of the
+   exp-heavy loops, and where the kernels' scratch starts.
    Plain C11 with GCC extensions; compiles alone with -Wall -Wextra (tests/test_kernels.py). */
 #ifndef TINYGPT_KERNEL_MATH_H
 #define TINYGPT_KERNEL_MATH_H
@@ -99,14 +98,5 @@ static inline float tg_expf_nonpositive(float x) { return tg_expf_clamped(x, 0);
 #include "row_sum_impl.h"
 #undef TG_T
 #undef TG_F
-
-/* y[i] = exp(x[i] - shift) for i < n (y may be x); returns sum(y) in tg_row_sum's order. The
-   exp loop of every softmax. */
-TG_DISPATCH
-static inline float tg_exp_shifted_sum(const float* x, float* y, ptrdiff_t n, float shift) {
-    for (ptrdiff_t i = 0; i < n; i++)
-        y[i] = tg_expf(x[i] - shift);
-    return tg_row_sum_f32(y, NULL, n);
-}
 
 #endif
