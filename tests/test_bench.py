@@ -18,7 +18,8 @@ from tinygpt import TinyGPT, ops
 
 REPO = Path(__file__).resolve().parent.parent
 KERNEL_KEYS = ("kernel_ms", "numpy_ms", "speedup", "scaling", "numpy_scaling")
-STEP_KEYS = ("tinygpt_ms", "tokens_per_sec", "gflops", "mfu", "flops_per_step", "peak_gflops")
+STEP_KEYS = ("tinygpt_ms", "tokens_per_sec", "gflops", "mfu", "best_mfu", "flops_per_step",
+             "peak_gflops")
 POSITIVE = {
     "sgemm": ("median_gflops", "min_gflops", "max_gflops"),
     "train_step": STEP_KEYS + ("numpy_ms", "speedup_vs_numpy", "numpy_tokens_per_sec"),
@@ -220,6 +221,9 @@ def assert_relations(report, stdout, bench):
             assert same(t[prefix + "tokens_per_sec"], tokens / seconds)
             assert same(t[prefix + "gflops"], t["flops_per_step"] / seconds / 1e9)
             assert same(t[prefix + "mfu"], t[prefix + "gflops"] / t["peak_gflops"])
+        best_peak = SGEMM_FLOPS / (min(t["rounds_ms"]["sgemm"]) / 1e3) / 1e9
+        assert same(t["best_mfu"],
+                    t["flops_per_step"] / (min(t["rounds_ms"]["tinygpt"]) / 1e3) / 1e9 / best_peak)
         sgemm_rounds += t["rounds_ms"]["sgemm"]
     t = report["train_step"]
     assert same(t["speedup_vs_numpy"], t["numpy_ms"] / t["tinygpt_ms"])
