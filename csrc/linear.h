@@ -35,7 +35,7 @@ enum {
     TG_LIN_NR_AVX2 = 16,
     TG_LIN_CHUNK = 128,    /* rows of x and dout per pass over the dweight tiles */
     TG_LIN_SEG_MIN = 128,  /* rows per dweight segment, at least (while N allows 2) */
-    TG_LIN_SEG_MAX = 8,    /* dweight segments, at most: partial sums to keep and add */
+    TG_LIN_SEG_MAX = 4,    /* dweight segments, at most: partial sums to keep and add */
     TG_LIN_FWD_ROWS = 96   /* rows per forward work item */
 };
 
@@ -48,7 +48,12 @@ static inline ptrdiff_t tg_lin_round_up(ptrdiff_t a, ptrdiff_t b) {
     return (a + b - 1) / b * b;
 }
 
-/* Rows per dweight segment: a function of N alone. */
+/* Rows per dweight segment: a function of N alone. At most 4 segments: each segment past the
+   first writes a partial dweight and the last pass reads it back, and 8 cost the step of the
+   benchmark's model 2.8-3.2 ms more than 4 (linear_backward's share) and the larger model's
+   11.7 ms (in turns within one process, AMD EPYC Zen 5, 2 threads); 2 were a little faster
+   still for the small model (1.5 ms) and slower for the larger (4.5 ms), and would leave a
+   third core idle. */
 static inline ptrdiff_t tg_lin_seg_rows(ptrdiff_t N) {
     ptrdiff_t s = N / TG_LIN_SEG_MIN;
     s = s < 1 ? 1 : (s > TG_LIN_SEG_MAX ? TG_LIN_SEG_MAX : s);

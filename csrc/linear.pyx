@@ -18,7 +18,7 @@ broadcasts of one operand times NR/V vectors of the other, one FMA per product.
                  time held in L1 while the panels pass. Row blocks are shared out dynamically;
                  each entry sums its K (or M) products in order.
     dweight:     x^T @ dout sums over the N rows. The rows are cut into segments (their number
-                 set by N alone, at most 8); a segment is one work item: for each 128-row chunk
+                 set by N alone, at most 4); a segment is one work item: for each 128-row chunk
                  it computes dx, then copies the chunk's x and dout into panels (summing dout's
                  rows into dbias on the way: no extra pass) and adds the chunk's products to
                  the segment's own partial dweight (the first segment's is dweight itself). A
