@@ -174,8 +174,9 @@ static inline void tg_lin_pack_panels(const float* src, ptrdiff_t ld, ptrdiff_t 
 /* ---- micro-kernels.  c (mr, nv vectors) = [c +] sum_p a(i, p) * b(p, :) [+ bias + res]
    a(i, p) = a[i * lda + p] when A_ROWS (x or dout rows: forward, dx), else a[p * lda + i]
    (a packed chunk of x: dweight); b(p, :) = b[p * ldb ...] (packed, whole vectors).
-   c, bias and res have `last` valid lanes in the last vector. With beta the tile starts
-   from c, otherwise from zero. Each entry: one FMA per p, in order, so the result is the
+   Then c = (c + bias + res) * mul, each term that is not NULL; res and mul have rows ldr
+   apart. c, bias, res and mul have `last` valid lanes in the last vector. With beta the tile
+   starts from c, otherwise from zero. Each entry: one FMA per p, in order, so the result is the
    same whatever the tiling. */
 
 #define TG_UNROLL _Pragma("GCC unroll 16")
@@ -183,7 +184,7 @@ static inline void tg_lin_pack_panels(const float* src, ptrdiff_t ld, ptrdiff_t 
 __attribute__((target("avx512f"), always_inline)) static inline void
 tg_ukr16(const int mr, const int nv, const int a_rows, ptrdiff_t kc, const float* a,
          ptrdiff_t lda, const float* b, ptrdiff_t ldb, float* c, ptrdiff_t ldc, int beta,
-         int last, const float* bias, const float* res, ptrdiff_t ldr) {
+         int last, const float* bias, const float* res, const float* mul, ptrdiff_t ldr) {
     __m512 acc[12][2];
     const float* ar[12];
     const __mmask16 mask = (__mmask16)((1u << last) - 1u);
@@ -216,6 +217,8 @@ tg_ukr16(const int mr, const int nv, const int a_rows, ptrdiff_t kc, const float
                 r = _mm512_add_ps(r, _mm512_maskz_loadu_ps(m, bias + 16 * v));
             if (res)
                 r = _mm512_add_ps(r, _mm512_maskz_loadu_ps(m, res + i * ldr + 16 * v));
+            if (mul)
+                r = _mm512_mul_ps(r, _mm512_maskz_loadu_ps(m, mul + i * ldr + 16 * v));
             _mm512_mask_storeu_ps(c + i * ldc + 16 * v, m, r);
         }
     }
@@ -229,7 +232,7 @@ tg_load8(const float* p, int full, __m256i mask) {
 __attribute__((target("avx2,fma"), always_inline)) static inline void
 tg_ukr8(const int mr, const int nv, const int a_rows, ptrdiff_t kc, const float* a,
         ptrdiff_t lda, const float* b, ptrdiff_t ldb, float* c, ptrdiff_t ldc, int beta,
-        int last, const float* bias, const float* res, ptrdiff_t ldr) {
+        int last, const float* bias, const float* res, const float* mul, ptrdiff_t ldr) {
     __m256 acc[6][2];
     const float* ar[6];
     const __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(last),
@@ -262,6 +265,8 @@ tg_ukr8(const int mr, const int nv, const int a_rows, ptrdiff_t kc, const float*
                 r = _mm256_add_ps(r, tg_load8(bias + 8 * v, full, mask));
             if (res)
                 r = _mm256_add_ps(r, tg_load8(res + i * ldr + 8 * v, full, mask));
+            if (mul)
+                r = _mm256_mul_ps(r, tg_load8(mul + i * ldr + 8 * v, full, mask));
             if (full)
                 _mm256_storeu_ps(c + i * ldc + 8 * v, r);
             else
@@ -273,8 +278,8 @@ tg_ukr8(const int mr, const int nv, const int a_rows, ptrdiff_t kc, const float*
 /* One function per (ISA, A layout): a switch that inlines the kernel for each tile shape. */
 #define TG_KERNEL_ARGS int mr, int nv, int last, ptrdiff_t kc, const float* a, \
     ptrdiff_t lda, const float* b, ptrdiff_t ldb, float* c, ptrdiff_t ldc, int beta, \
-    const float* bias, const float* res, ptrdiff_t ldr
-#define TG_ARGS kc, a, lda, b, ldb, c, ldc, beta, last, bias, res, ldr
+    const float* bias, const float* res, const float* mul, ptrdiff_t ldr
+#define TG_ARGS kc, a, lda, b, ldb, c, ldc, beta, last, bias, res, mul, ldr
 #define TG_CASE(UKR, MR, AR) case MR: \
     if (nv == 2) UKR(MR, 2, AR, TG_ARGS); else UKR(MR, 1, AR, TG_ARGS); break;
 
@@ -339,17 +344,17 @@ static tg_lin_isa_t tg_lin_isa_get(int isa) {
     return t;
 }
 
-/* c (rows, n) = a (rows, kc; row-major, lda) @ B [+ bias + res], B packed in nr-column
-   panels of kc rows each. Each micro-tile's rows of a stay in L1 while the panels pass,
+/* c (rows, n) = (a (rows, kc; row-major, lda) @ B [+ bias + res]) [* mul], B packed in
+   nr-column panels of kc rows each; res and mul have rows ldr apart. Each micro-tile's rows of a stay in L1 while the panels pass,
    and the next micro-tile's rows are fetched meanwhile (+2-4% when they come from
    memory, as they do in a training step); so are the lines of c that the next tile writes
-   and of res that it adds (+5-8% on a forward of 8192 x 128 -> 384 or 512, +5% on 128 ->
-   128 with res, 2 threads: the tile's stores no longer wait for their lines to come from
-   memory). */
+   and of res that it adds or mul that it multiplies by (+5-8% on a forward of 8192 x 128 ->
+   384 or 512, +5% on 128 -> 128 with res, 2 threads: the tile's stores no longer wait for
+   their lines to come from memory). */
 static void tg_lin_rows_gemm(const tg_lin_isa_t* t, const float* a, ptrdiff_t lda,
                              ptrdiff_t rows, ptrdiff_t kc, const float* bp, ptrdiff_t n,
                              float* c, ptrdiff_t ldc, const float* bias, const float* res,
-                             ptrdiff_t ldr) {
+                             const float* mul, ptrdiff_t ldr) {
     ptrdiff_t j0, i0, r, off;
     for (i0 = 0; i0 < rows; i0 += t->mr) {
         int mr = (int)tg_lin_min(t->mr, rows - i0);
@@ -366,10 +371,13 @@ static void tg_lin_rows_gemm(const tg_lin_isa_t* t, const float* a, ptrdiff_t ld
                     __builtin_prefetch(c + r * ldc + next_j + off, 1, 2);
                     if (res)
                         __builtin_prefetch(res + r * ldr + next_j + off, 0, 2);
+                    if (mul)
+                        __builtin_prefetch(mul + r * ldr + next_j + off, 0, 2);
                 }
             t->rows(mr, nv, cols - (nv - 1) * t->v, kc, a + i0 * lda, lda,
                     bp + j0 * kc, t->nr, c + i0 * ldc + j0, ldc, 0,
-                    bias ? bias + j0 : NULL, res ? res + i0 * ldr + j0 : NULL, ldr);
+                    bias ? bias + j0 : NULL, res ? res + i0 * ldr + j0 : NULL,
+                    mul ? mul + i0 * ldr + j0 : NULL, ldr);
         }
     }
 }
@@ -403,7 +411,7 @@ static void tg_lin_dweight_rows(const tg_lin_isa_t* t, const float* x, const flo
             for (q = 0; q < lines_per_tile && fetched < next_bytes; q++, fetched += 64)
                 __builtin_prefetch((const char*)next_x + fetched, 0, 3);
             t->cols(mr, nv, cols - (nv - 1) * t->v, rows, xp + i0 * rows, t->mr,
-                    dp + j0 * rows, t->nr, dw + i0 * M + j0, M, beta, NULL, NULL, 0);
+                    dp + j0 * rows, t->nr, dw + i0 * M + j0, M, beta, NULL, NULL, NULL, 0);
         }
     }
 }
@@ -415,14 +423,6 @@ static inline void tg_lin_act_forward(int act, float* pre, float* post, ptrdiff_
         tg_gelu_forward_slope_f32(pre, post, n);
     else if (act == TG_ACT_RELU2)
         tg_relu2_forward_slope_f32(pre, post, n);
-}
-
-/* d[:n] = d[:n] * slope[:n], in place: the gradient at an activation's output becomes the one
-   at its input. */
-TG_DISPATCH
-static inline void tg_lin_times_slope(float* d, const float* slope, ptrdiff_t n) {
-    for (ptrdiff_t i = 0; i < n; i++)
-        d[i] = d[i] * slope[i];
 }
 
 /* out (N, M) = x @ w + bias + res; with act, post (N, M) = act(out) too and out becomes act's
@@ -446,7 +446,7 @@ static inline void tg_lin_forward_f32(const float* x, const float* w, const floa
             ptrdiff_t r0 = blk * TG_LIN_FWD_ROWS;
             ptrdiff_t rows = tg_lin_min(TG_LIN_FWD_ROWS, N - r0);
             tg_lin_rows_gemm(&t, x + r0 * K, K, rows, K, scratch, M, out + r0 * M, M, bias,
-                             res ? res + r0 * M : NULL, M);
+                             res ? res + r0 * M : NULL, NULL, M);
             if (act)
                 tg_lin_act_forward(act, out + r0 * M, post + r0 * M, rows * M);
         }
@@ -487,10 +487,9 @@ static inline void tg_lin_backward_f32(const float* dout, const float* x, const 
             for (r0 = s * seg; r0 < end; r0 += TG_LIN_CHUNK) {
                 ptrdiff_t rows = tg_lin_min(TG_LIN_CHUNK, end - r0);
                 ptrdiff_t next_rows = tg_lin_min(TG_LIN_CHUNK, end - r0 - rows);
+                /* dx's tiles multiplied by the slope as they are stored */
                 tg_lin_rows_gemm(&t, dout + r0 * M, M, rows, M, packed, K, dx + r0 * K, K,
-                                 NULL, NULL, 0);
-                if (slope)
-                    tg_lin_times_slope(dx + r0 * K, slope + r0 * K, rows * K);
+                                 NULL, NULL, slope ? slope + r0 * K : NULL, K);
                 tg_lin_dweight_rows(&t, x + r0 * K, dout + r0 * M, rows, K, M, pdw, pdb,
                                     r0 > s * seg, buf, x + (r0 + rows) * K,
                                     next_rows * K * (ptrdiff_t)sizeof(float));

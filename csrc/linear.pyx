@@ -30,11 +30,12 @@ same bits as each other (which of them runs depends on the CPU, the same for eve
 
 linear_act_forward and linear_act_backward (float32, own GEMM) run the MLP's activation inside
 the layer: forward, on each work item's output rows just written (fc's activation, and its
-slope written over the pre-activation: the derivative there, from the same exp); backward, on
-each chunk's dx just computed (fc2's dx, at the activation's output, times the slope becomes
-the gradient at its input). The rows are still in cache, which spares a pass over memory each
-way, and the loops are gelu.h's and relu2.h's, so the bits are those of the separate kernels
-(the slope is the activation's backward of ones).
+slope written over the pre-activation: the derivative there, from the same exp); backward, in
+the micro-kernel as it stores dx's tiles (fc2's dx, at the activation's output, times the slope
+becomes the gradient at its input). The rows are still in cache (forward) or in registers
+(backward), which spares a pass over memory each way; the forward's loops are gelu.h's and
+relu2.h's, and the backward's is one rounded product, so the bits are those of the separate
+kernels (the slope is the activation's backward of ones).
 """
 import numpy as np
 
