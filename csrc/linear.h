@@ -49,11 +49,11 @@ static inline ptrdiff_t tg_lin_round_up(ptrdiff_t a, ptrdiff_t b) {
 }
 
 /* Rows per dweight segment: a function of N alone. At most 4 segments: each segment past the
-   first writes a partial dweight and the last pass reads it back, and 8 cost the step of the
-   benchmark's model 2.8-3.2 ms more than 4 (linear_backward's share) and the larger model's
-   11.7 ms (in turns within one process, AMD EPYC Zen 5, 2 threads); 2 were a little faster
-   still for the small model (1.5 ms) and slower for the larger (4.5 ms), and would leave a
-   third core idle. */
+   first writes a partial dweight and the last pass reads it back. With 8, the benchmark's
+   model spent 3.0-3.2 ms more a step in its linear backwards than with 4 (40 and 60 step
+   pairs, the two toggled within one process; AMD EPYC Zen 5, 2 threads), the larger model
+   11.7 ms more (16 pairs); 2 were 1.5 ms faster still for the small model and 4.5 ms slower
+   for the larger, and would leave a third core idle. */
 static inline ptrdiff_t tg_lin_seg_rows(ptrdiff_t N) {
     ptrdiff_t s = N / TG_LIN_SEG_MIN;
     s = s < 1 ? 1 : (s > TG_LIN_SEG_MAX ? TG_LIN_SEG_MAX : s);
