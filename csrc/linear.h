@@ -171,12 +171,12 @@ static inline void tg_lin_pack_panels(const float* src, ptrdiff_t ld, ptrdiff_t 
 }
 
 #if TG_LIN_SIMD
-/* ---- micro-kernels.  c (mr, nv vectors) = [c +] sum_p a(i, p) * b(p, :) [+ bias + res]
+/* ---- micro-kernels.  c (mr, nv vectors) = ([c +] sum_p a(i, p) * b(p, :) [+ bias + res])
+   [* mul], each of bias, res, mul where not NULL (res and mul with rows ldr apart).
    a(i, p) = a[i * lda + p] when A_ROWS (x or dout rows: forward, dx), else a[p * lda + i]
    (a packed chunk of x: dweight); b(p, :) = b[p * ldb ...] (packed, whole vectors).
-   Then c = (c + bias + res) * mul, each term that is not NULL; res and mul have rows ldr
-   apart. c, bias, res and mul have `last` valid lanes in the last vector. With beta the tile
-   starts from c, otherwise from zero. Each entry: one FMA per p, in order, so the result is the
+   c, bias, res and mul have `last` valid lanes in the last vector. With beta the tile starts
+   from c, otherwise from zero. Each entry: one FMA per p, in order, so the result is the
    same whatever the tiling. */
 
 #define TG_UNROLL _Pragma("GCC unroll 16")
@@ -345,12 +345,12 @@ static tg_lin_isa_t tg_lin_isa_get(int isa) {
 }
 
 /* c (rows, n) = (a (rows, kc; row-major, lda) @ B [+ bias + res]) [* mul], B packed in
-   nr-column panels of kc rows each; res and mul have rows ldr apart. Each micro-tile's rows of a stay in L1 while the panels pass,
-   and the next micro-tile's rows are fetched meanwhile (+2-4% when they come from
-   memory, as they do in a training step); so are the lines of c that the next tile writes
-   and of res that it adds or mul that it multiplies by (+5-8% on a forward of 8192 x 128 ->
-   384 or 512, +5% on 128 -> 128 with res, 2 threads: the tile's stores no longer wait for
-   their lines to come from memory). */
+   nr-column panels of kc rows each; res and mul have rows ldr apart. Each micro-tile's rows
+   of a stay in L1 while the panels pass, and the next micro-tile's rows are fetched
+   meanwhile (+2-4% when they come from memory, as they do in a training step); so are the
+   lines of c that the next tile writes and of res that it adds or mul that it multiplies by
+   (+5-8% on a forward of 8192 x 128 -> 384 or 512, +5% on 128 -> 128 with res, 2 threads:
+   the tile's stores no longer wait for their lines to come from memory). */
 static void tg_lin_rows_gemm(const tg_lin_isa_t* t, const float* a, ptrdiff_t lda,
                              ptrdiff_t rows, ptrdiff_t kc, const float* bp, ptrdiff_t n,
                              float* c, ptrdiff_t ldc, const float* bias, const float* res,
