@@ -66,7 +66,7 @@ static inline ptrdiff_t tg_lin_segments(ptrdiff_t N) {
 }
 
 /* Scratch floats of backward: packed weight^T, the partial sums (dweight and dbias of
-   segments 1, 2, ...), then the packed chunks of x and dout: one buffer per thread, or per
+   segments 1, 2, ...), then the packed chunks of dout: one buffer per thread, or per
    segment where there are fewer segments than threads (tg_lin_buffers). */
 static inline ptrdiff_t tg_lin_bwd_packed_size(ptrdiff_t K, ptrdiff_t M) {
     return tg_lin_round_up(K, TG_LIN_NR_MAX) * M;
@@ -74,9 +74,8 @@ static inline ptrdiff_t tg_lin_bwd_packed_size(ptrdiff_t K, ptrdiff_t M) {
 static inline ptrdiff_t tg_lin_bwd_partial_size(ptrdiff_t N, ptrdiff_t K, ptrdiff_t M) {
     return (tg_lin_segments(N) - 1) * (K * M + M);
 }
-static inline ptrdiff_t tg_lin_bwd_thread_size(ptrdiff_t K, ptrdiff_t M) {
-    return TG_LIN_CHUNK * (tg_lin_round_up(K, TG_LIN_MR_MAX)
-                           + tg_lin_round_up(M, TG_LIN_NR_MAX)) + 16;
+static inline ptrdiff_t tg_lin_bwd_thread_size(ptrdiff_t M) {
+    return TG_LIN_CHUNK * tg_lin_round_up(M, TG_LIN_NR_MAX) + 16;
 }
 static inline ptrdiff_t tg_lin_buffers(ptrdiff_t N, int n_threads) {
     return tg_lin_min(n_threads, tg_lin_segments(N));
@@ -84,7 +83,7 @@ static inline ptrdiff_t tg_lin_buffers(ptrdiff_t N, int n_threads) {
 static inline ptrdiff_t tg_lin_backward_scratch(ptrdiff_t N, ptrdiff_t K, ptrdiff_t M,
                                                 int n_threads) {
     return tg_lin_bwd_packed_size(K, M) + tg_lin_bwd_partial_size(N, K, M)
-           + tg_lin_buffers(N, n_threads) * tg_lin_bwd_thread_size(K, M);
+           + tg_lin_buffers(N, n_threads) * tg_lin_bwd_thread_size(M);
 }
 
 static inline ptrdiff_t tg_lin_forward_scratch(ptrdiff_t K, ptrdiff_t M) {
@@ -121,19 +120,19 @@ static inline void tg_lin_pack(const float* src, ptrdiff_t rs, ptrdiff_t cs, ptr
     }
 }
 
-/* Pack rows of a (rows, n) row-major block into panels of W columns each,
+/* Pack rows of a (rows, n) row-major block into panels of W columns each (W = 16 or 32),
    dst[(j0 / W) * rows * W + p * W + jj] = src[p * ld + j0 + jj], zeros past column n,
-   and with sum, add each column into sum[j] (row by row, in order). W is a constant in
+   adding each column into sum[j] (row by row, in order). W is a constant in
    each copy (tg_lin_pack_panels), so the copies inline and vectorize. The columns go in
-   groups of whole panels, 128 columns or just over: a group's panels (a chunk's 128 rows:
-   64-67 KB) stay in L1 and L2's nearest lines while its rows are copied; a whole wide block
-   at once wrote each of its panels a few floats per row (x of 8192 x 512 in 12-column panels:
-   dweight 25% faster on one core, in L2). */
+   groups of whole panels, 128 columns: a group's panels (a chunk's 128 rows: 64 KB) stay in
+   L1 and L2's nearest lines while its rows are copied; a whole wide block at once wrote each
+   of its panels a few floats per row (measured when x was packed too, in 12-column panels:
+   x of 8192 x 512, dweight 25% faster on one core, in L2). */
 static inline __attribute__((always_inline)) void
 tg_lin_pack_panels_w(const float* __restrict src, ptrdiff_t ld, ptrdiff_t rows,
                      ptrdiff_t n, const int W, float* __restrict dst,
                      float* __restrict sum) {
-    const ptrdiff_t group = (128 + W - 1) / W * W;
+    const ptrdiff_t group = 128;
     ptrdiff_t p, g0, j0, full = n / W * W;
     int jj;
     for (g0 = 0; g0 < n; g0 += group) {
@@ -144,17 +143,15 @@ tg_lin_pack_panels_w(const float* __restrict src, ptrdiff_t ld, ptrdiff_t rows,
                 float* d = dst + j0 * rows + p * W;
                 for (jj = 0; jj < W; jj++)
                     d[jj] = s[j0 + jj];
-                if (sum)
-                    for (jj = 0; jj < W; jj++)
-                        sum[j0 + jj] += s[j0 + jj];
+                for (jj = 0; jj < W; jj++)
+                    sum[j0 + jj] += s[j0 + jj];
             }
             if (j0 < tg_lin_min(g0 + group, n)) {  /* the last, partial panel */
                 float* d = dst + j0 * rows + p * W;
                 for (jj = 0; jj < W; jj++)
                     d[jj] = j0 + jj < n ? s[j0 + jj] : 0.0f;
-                if (sum)
-                    for (jj = 0; jj < n - j0; jj++)
-                        sum[j0 + jj] += s[j0 + jj];
+                for (jj = 0; jj < n - j0; jj++)
+                    sum[j0 + jj] += s[j0 + jj];
             }
         }
     }
@@ -164,8 +161,6 @@ static inline __attribute__((always_inline)) void
 tg_lin_pack_panels(const float* src, ptrdiff_t ld, ptrdiff_t rows, ptrdiff_t n, int w,
                    float* dst, float* sum) {
     switch (w) {
-        case 6: tg_lin_pack_panels_w(src, ld, rows, n, 6, dst, sum); break;
-        case 12: tg_lin_pack_panels_w(src, ld, rows, n, 12, dst, sum); break;
         case 16: tg_lin_pack_panels_w(src, ld, rows, n, 16, dst, sum); break;
         default: tg_lin_pack_panels_w(src, ld, rows, n, 32, dst, sum); break;
     }
@@ -175,7 +170,7 @@ tg_lin_pack_panels(const float* src, ptrdiff_t ld, ptrdiff_t rows, ptrdiff_t n, 
 /* ---- micro-kernels.  c (mr, nv vectors) = ([c +] sum_p a(i, p) * b(p, :) [+ bias + res])
    [* mul], each of bias, res, mul where not NULL (res and mul with rows ldr apart).
    a(i, p) = a[i * lda + p] when A_ROWS (x or dout rows: forward, dx), else a[p * lda + i]
-   (a packed chunk of x: dweight); b(p, :) = b[p * ldb ...] (packed, whole vectors).
+   (x's rows where they lie: dweight); b(p, :) = b[p * ldb ...] (packed, whole vectors).
    c, bias, res and mul have `last` valid lanes in the last vector. With beta the tile starts
    from c, otherwise from zero. Each entry: one FMA per p, in order, so the result is the
    same whatever the tiling. */
@@ -404,26 +399,28 @@ static void tg_lin_rows_gemm(const tg_lin_isa_t* t, const float* a, ptrdiff_t ld
     }
 }
 
-/* dw (K, M) [+]= x[:rows]^T @ dout[:rows]; db (M) [+]= the rows' sum. The rows are packed
-   first (x in mr-column panels, dout in nr-column panels, its rows summed into db on the
-   way) so the kernel reads both sequentially, free of the cache-set conflicts that the
-   power-of-two row strides bring; each dout panel then stays in L1 while the x panels
-   pass. Meanwhile the next chunk's x (next_x, next_bytes; NULL, 0 for none) is fetched a few
-   lines a tile, so that its packing does not wait on memory (one core, x from memory:
-   dweight 8192 x 128 -> 128 10% faster, 128 -> 65 25%, 512 -> 128 9%). */
+/* dw (K, M) [+]= x[:rows]^T @ dout[:rows]; db (M) [+]= the rows' sum. dout's rows are packed
+   first, in nr-column panels (summed into db on the way), so the kernel reads them
+   sequentially and each panel stays in L1 while the tiles of dw's rows pass; those read x's
+   rows where they lie, mr floats of each. Meanwhile the next chunk's x (next_x, next_bytes;
+   NULL, 0 for none) is fetched a few lines a tile, so that the kernel does not wait on memory
+   for it (one core, x from memory: dweight 8192 x 128 -> 128 10% faster, 128 -> 65 25%,
+   512 -> 128 9%, when x was packed too). x had been packed into mr-column panels as well, for
+   fear of the cache-set conflicts of its power-of-two row strides: read where it lies, the
+   benchmark's fc2 backward (x 512 wide) took 2.0 ms less a step and the attention output
+   layer's 0.5 ms less (60 step pairs, the two toggled within one process, faster in 53 and 50;
+   AMD EPYC Zen 5, 2 threads); the AVX2 kernels' fc2 2.4 ms less; the larger benchmark model
+   (x 384 and 1536 wide) within its noise (-9.8 ms a step of 930, 40 pairs). */
 static void tg_lin_dweight_rows(const tg_lin_isa_t* t, const float* x, const float* dout,
                                 ptrdiff_t rows, ptrdiff_t K, ptrdiff_t M, float* dw,
-                                float* db, int beta, float* buf, const float* next_x,
+                                float* db, int beta, float* dp, const float* next_x,
                                 ptrdiff_t next_bytes) {
-    float* xp = buf;
-    float* dp = buf + rows * tg_lin_round_up(K, t->mr);
     ptrdiff_t tiles = (M + t->nr - 1) / t->nr * ((K + t->mr - 1) / t->mr);
     ptrdiff_t lines_per_tile = (next_bytes / 64 + tiles) / tiles, fetched = 0, q;
     ptrdiff_t j0, i0, j;
     if (!beta)
         for (j = 0; j < M; j++)
             db[j] = 0.0f;
-    t->pack(x, K, rows, K, t->mr, xp, NULL);
     t->pack(dout, M, rows, M, t->nr, dp, db);
     for (j0 = 0; j0 < M; j0 += t->nr) {
         int cols = (int)tg_lin_min(t->nr, M - j0);
@@ -432,8 +429,8 @@ static void tg_lin_dweight_rows(const tg_lin_isa_t* t, const float* x, const flo
             int mr = (int)tg_lin_min(t->mr, K - i0);
             for (q = 0; q < lines_per_tile && fetched < next_bytes; q++, fetched += 64)
                 __builtin_prefetch((const char*)next_x + fetched, 0, 3);
-            t->cols(mr, nv, cols - (nv - 1) * t->v, rows, xp + i0 * rows, t->mr,
-                    dp + j0 * rows, t->nr, dw + i0 * M + j0, M, beta, NULL, NULL, NULL, 0);
+            t->cols(mr, nv, cols - (nv - 1) * t->v, rows, x + i0, K, dp + j0 * rows, t->nr,
+                    dw + i0 * M + j0, M, beta, NULL, NULL, NULL, 0);
         }
     }
 }
@@ -504,7 +501,7 @@ static inline void tg_lin_backward_f32(const float* dout, const float* x, const 
         for (s = 0; s < n_seg; s++) {
             float* pdw = s == 0 ? dw : partial + (s - 1) * (K * M + M);
             float* pdb = s == 0 ? db : pdw + K * M;
-            float* buf = bufs + (per_thread ? thread : s) * tg_lin_bwd_thread_size(K, M);
+            float* buf = bufs + (per_thread ? thread : s) * tg_lin_bwd_thread_size(M);
             ptrdiff_t r0, end = tg_lin_min(N, (s + 1) * seg);
             for (r0 = s * seg; r0 < end; r0 += TG_LIN_CHUNK) {
                 ptrdiff_t rows = tg_lin_min(TG_LIN_CHUNK, end - r0);

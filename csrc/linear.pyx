@@ -19,11 +19,11 @@ broadcasts of one operand times NR/V vectors of the other, one FMA per product.
                  each entry sums its K (or M) products in order.
     dweight:     x^T @ dout sums over the N rows. The rows are cut into segments (their number
                  set by N alone, at most 4); a segment is one work item: for each 128-row chunk
-                 it computes dx, then copies the chunk's x and dout into panels (summing dout's
-                 rows into dbias on the way: no extra pass) and adds the chunk's products to
-                 the segment's own partial dweight (the first segment's is dweight itself). A
-                 last pass adds the partials in segment order. No shared accumulator, and no
-                 order that a thread could change.
+                 it computes dx, then copies the chunk's dout into panels (summing its rows
+                 into dbias on the way: no extra pass) and adds the chunk's products, x's rows
+                 read where they lie, to the segment's own partial dweight (the first
+                 segment's is dweight itself). A last pass adds the partials in segment order.
+                 No shared accumulator, and no order that a thread could change.
 
 The AVX2 and AVX-512 kernels add the same products in the same order with FMA, so they give the
 same bits as each other (which of them runs depends on the CPU, the same for every thread).
