@@ -343,8 +343,9 @@ tg_lin_pack_panels8(const float* src, ptrdiff_t ld, ptrdiff_t rows, ptrdiff_t n,
     tg_lin_pack_panels(src, ld, rows, n, w, dst, sum);
 }
 
+/* x_outer: the order of dweight's tiles (tg_lin_dweight_rows). */
 typedef struct {
-    int mr, nr, v;
+    int mr, nr, v, x_outer;
     tg_kernel_fn rows, cols;
     tg_pack_fn pack;
 } tg_lin_isa_t;
@@ -352,10 +353,10 @@ typedef struct {
 static tg_lin_isa_t tg_lin_isa_get(int isa) {
     tg_lin_isa_t t;
     if (isa == 2) {
-        t.mr = TG_LIN_MR_MAX; t.nr = TG_LIN_NR_MAX; t.v = 16;
+        t.mr = TG_LIN_MR_MAX; t.nr = TG_LIN_NR_MAX; t.v = 16; t.x_outer = 1;
         t.rows = tg_kernel16_rows; t.cols = tg_kernel16_cols; t.pack = tg_lin_pack_panels16;
     } else {
-        t.mr = TG_LIN_MR_AVX2; t.nr = TG_LIN_NR_AVX2; t.v = 8;
+        t.mr = TG_LIN_MR_AVX2; t.nr = TG_LIN_NR_AVX2; t.v = 8; t.x_outer = 0;
         t.rows = tg_kernel8_rows; t.cols = tg_kernel8_cols; t.pack = tg_lin_pack_panels8;
     }
     return t;
@@ -401,37 +402,43 @@ static void tg_lin_rows_gemm(const tg_lin_isa_t* t, const float* a, ptrdiff_t ld
 
 /* dw (K, M) [+]= x[:rows]^T @ dout[:rows]; db (M) [+]= the rows' sum. dout's rows are packed
    first, in nr-column panels (summed into db on the way), so the kernel reads them
-   sequentially and each panel stays in L1 while the tiles of dw's rows pass; those read x's
-   rows where they lie, mr floats of each. Meanwhile the next chunk's x (next_x, next_bytes;
+   sequentially; x's rows are read where they lie, mr floats of each. Each tile of dw sums its
+   rows in order, so the order of the tiles leaves the bits alone: with x_outer (AVX-512),
+   each strip of mr columns of x meets every dout panel in turn (its lines stay in L1), else
+   (AVX2) each dout panel meets every strip. Meanwhile the next chunk's x (next_x, next_bytes;
    NULL, 0 for none) is fetched a few lines a tile, so that the kernel does not wait on memory
    for it (one core, x from memory: dweight 8192 x 128 -> 128 10% faster, 128 -> 65 25%,
-   512 -> 128 9%, when x was packed too). x had been packed into mr-column panels as well, for
-   fear of the cache-set conflicts of its power-of-two row strides: read where it lies, the
-   benchmark's fc2 backward (x 512 wide) took 2.0 ms less a step and the attention output
-   layer's 0.5 ms less (60 step pairs, the two toggled within one process, faster in 53 and 50;
-   AMD EPYC Zen 5, 2 threads); the AVX2 kernels' fc2 2.4 ms less; the larger benchmark model
-   (x 384 and 1536 wide) within its noise (-9.8 ms a step of 930, 40 pairs). */
+   512 -> 128 9%, when x was packed too).
+   Measured in a step, the two ways toggled within one process (AMD EPYC Zen 5, 2 threads):
+   x had been packed into mr-column panels as well, for fear of the cache-set conflicts of its
+   power-of-two row strides; read where it lies, the benchmark's fc2 backward (x 512 wide)
+   took 2.0 ms less a step and the attention output layer's 0.5 ms less (60 pairs, faster in
+   53 and 50), the AVX2 kernels' fc2 2.4 ms less, the larger benchmark model (x 384 and 1536
+   wide) within its noise. Then x_outer, on AVX-512: the lab model's linear backwards 1.3-2.1
+   ms less a step (fc2's 0.9-1.2; 50 and 60 pairs), the larger model's 19 ms less of 520
+   (30 pairs); on AVX2, 1.9 ms more (40 pairs), so not there. */
 static void tg_lin_dweight_rows(const tg_lin_isa_t* t, const float* x, const float* dout,
                                 ptrdiff_t rows, ptrdiff_t K, ptrdiff_t M, float* dw,
                                 float* db, int beta, float* dp, const float* next_x,
                                 ptrdiff_t next_bytes) {
-    ptrdiff_t tiles = (M + t->nr - 1) / t->nr * ((K + t->mr - 1) / t->mr);
+    ptrdiff_t strips = (K + t->mr - 1) / t->mr, panels = (M + t->nr - 1) / t->nr;
+    ptrdiff_t tiles = strips * panels;
     ptrdiff_t lines_per_tile = (next_bytes / 64 + tiles) / tiles, fetched = 0, q;
-    ptrdiff_t j0, i0, j;
+    ptrdiff_t tile, j;
     if (!beta)
         for (j = 0; j < M; j++)
             db[j] = 0.0f;
     t->pack(dout, M, rows, M, t->nr, dp, db);
-    for (j0 = 0; j0 < M; j0 += t->nr) {
+    for (tile = 0; tile < tiles; tile++) {
+        ptrdiff_t i0 = (t->x_outer ? tile / panels : tile % strips) * t->mr;
+        ptrdiff_t j0 = (t->x_outer ? tile % panels : tile / strips) * t->nr;
+        int mr = (int)tg_lin_min(t->mr, K - i0);
         int cols = (int)tg_lin_min(t->nr, M - j0);
         int nv = (cols + t->v - 1) / t->v;
-        for (i0 = 0; i0 < K; i0 += t->mr) {
-            int mr = (int)tg_lin_min(t->mr, K - i0);
-            for (q = 0; q < lines_per_tile && fetched < next_bytes; q++, fetched += 64)
-                __builtin_prefetch((const char*)next_x + fetched, 0, 3);
-            t->cols(mr, nv, cols - (nv - 1) * t->v, rows, x + i0, K, dp + j0 * rows, t->nr,
-                    dw + i0 * M + j0, M, beta, NULL, NULL, NULL, 0);
-        }
+        for (q = 0; q < lines_per_tile && fetched < next_bytes; q++, fetched += 64)
+            __builtin_prefetch((const char*)next_x + fetched, 0, 3);
+        t->cols(mr, nv, cols - (nv - 1) * t->v, rows, x + i0, K, dp + j0 * rows, t->nr,
+                dw + i0 * M + j0, M, beta, NULL, NULL, NULL, 0);
     }
 }
 
