@@ -363,28 +363,35 @@ static tg_lin_isa_t tg_lin_isa_get(int isa) {
 }
 
 /* c (rows, n) = (a (rows, kc; row-major, lda) @ B [+ bias + res]) [* mul], B packed in
-   nr-column panels of kc rows each; res and mul have rows ldr apart. Each micro-tile's rows
-   of a stay in L1 while the panels pass, and the next micro-tile's rows are fetched
-   meanwhile (+2-4% when they come from memory, as they do in a training step); so are the
-   lines of c that the next tile writes and of res that it adds or mul that it multiplies by
-   (+5-8% on a forward of 8192 x 128 -> 384 or 512, +5% on 128 -> 128 with res, 2 threads:
-   the tile's stores no longer wait for their lines to come from memory). */
+   nr-column panels of kc rows each; res and mul have rows ldr apart. Panel by panel: each
+   panel stays in L1 while the blocks of mr rows of a pass, a's rows coming from memory during
+   the first panel (each block fetching the next's meanwhile: +2-4% when they come from
+   memory, as they do in a training step) and from L1 or L2 after it. The lines of c that the
+   next tile writes, and of res that it adds or mul that it multiplies by, are fetched while
+   this tile runs (+5-8% on a forward of 8192 x 128 -> 384 or 512, +5% on 128 -> 128 with res,
+   2 threads: the tile's stores no longer wait for their lines to come from memory). Blocks of
+   a's rows outside, each meeting every panel, had kept a's rows in L1 and streamed the panels
+   from L2: the lab model's step took 3.4-5.7 ms more (three runs of 50-60 step pairs, the two
+   orders toggled within one process, faster in 45-50; AMD EPYC Zen 5, 2 threads; fc2's
+   backward alone -1.0 to +0.4 ms), the larger model's 31 ms more of 860 (30 pairs), and the
+   AVX2 kernels' 1.9 ms more (40 pairs). */
 static void tg_lin_rows_gemm(const tg_lin_isa_t* t, const float* a, ptrdiff_t lda,
                              ptrdiff_t rows, ptrdiff_t kc, const float* bp, ptrdiff_t n,
                              float* c, ptrdiff_t ldc, const float* bias, const float* res,
                              const float* mul, ptrdiff_t ldr) {
     ptrdiff_t j0, i0, r, off;
-    for (i0 = 0; i0 < rows; i0 += t->mr) {
-        int mr = (int)tg_lin_min(t->mr, rows - i0);
-        for (r = i0 + t->mr; r < tg_lin_min(rows, i0 + 2 * t->mr); r++)
-            for (off = 0; off < kc; off += 16)
-                __builtin_prefetch(a + r * lda + off, 0, 3);
-        for (j0 = 0; j0 < n; j0 += t->nr) {
-            int cols = (int)tg_lin_min(t->nr, n - j0);
-            int nv = (cols + t->v - 1) / t->v;
-            ptrdiff_t next_i = j0 + t->nr < n ? i0 : i0 + t->mr;  /* the next tile's corner */
-            ptrdiff_t next_j = j0 + t->nr < n ? j0 + t->nr : 0;
-            for (r = next_i; r < tg_lin_min(next_i + t->mr, rows); r++)
+    for (j0 = 0; j0 < n; j0 += t->nr) {
+        int cols = (int)tg_lin_min(t->nr, n - j0);
+        int nv = (cols + t->v - 1) / t->v;
+        for (i0 = 0; i0 < rows; i0 += t->mr) {
+            int mr = (int)tg_lin_min(t->mr, rows - i0);
+            ptrdiff_t next_i = i0 + t->mr < rows ? i0 + t->mr : 0;  /* the next tile's corner */
+            ptrdiff_t next_j = i0 + t->mr < rows ? j0 : j0 + t->nr;
+            if (j0 == 0)
+                for (r = i0 + t->mr; r < tg_lin_min(rows, i0 + 2 * t->mr); r++)
+                    for (off = 0; off < kc; off += 16)
+                        __builtin_prefetch(a + r * lda + off, 0, 3);
+            for (r = next_i; next_j < n && r < tg_lin_min(next_i + t->mr, rows); r++)
                 for (off = 0; off < tg_lin_min(t->nr, n - next_j); off += 16) {
                     __builtin_prefetch(c + r * ldc + next_j + off, 1, 2);
                     if (res)

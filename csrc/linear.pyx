@@ -14,9 +14,10 @@ registers (12 x 32 on AVX-512, 6 x 16 on AVX2) and adds one rank-1 product per s
 broadcasts of one operand times NR/V vectors of the other, one FMA per product.
 
     forward, dx: the weight (or its transpose) is packed once per call into NR-column panels
-                 (at most 256 KB, in L2); x or dout rows are read where they lie, MR rows at a
-                 time held in L1 while the panels pass. Row blocks are shared out dynamically;
-                 each entry sums its K (or M) products in order.
+                 (at most 256 KB, in L2); x or dout rows are read where they lie. A work item
+                 (a block of rows, shared out dynamically) goes panel by panel, each panel held
+                 in L1 while the item's rows pass MR at a time. Each entry sums its K (or M)
+                 products in order.
     dweight:     x^T @ dout sums over the N rows. The rows are cut into segments (their number
                  set by N alone, at most 4); a segment is one work item: for each 128-row chunk
                  it computes dx, then copies the chunk's dout into panels (summing its rows
