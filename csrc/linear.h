@@ -123,7 +123,7 @@ static inline void tg_lin_pack(const float* src, ptrdiff_t rs, ptrdiff_t cs, ptr
 /* Pack rows of a (rows, n) row-major block into panels of W columns each (W = 16 or 32),
    dst[(j0 / W) * rows * W + p * W + jj] = src[p * ld + j0 + jj], zeros past column n,
    adding each column into sum[j] (row by row, in order). W is a constant in
-   each copy (tg_lin_pack_panels), so the copies inline and vectorize. The columns go in
+   each ISA's copy (tg_lin_pack_panels16 and 8), so the copies inline and vectorize. The columns go in
    groups of whole panels, 128 columns: a group's panels (a chunk's 128 rows: 64 KB) stay in
    L1 and L2's nearest lines while its rows are copied; a whole wide block at once wrote each
    of its panels a few floats per row (measured when x was packed too, in 12-column panels:
@@ -154,15 +154,6 @@ tg_lin_pack_panels_w(const float* __restrict src, ptrdiff_t ld, ptrdiff_t rows,
                     sum[j0 + jj] += s[j0 + jj];
             }
         }
-    }
-}
-
-static inline __attribute__((always_inline)) void
-tg_lin_pack_panels(const float* src, ptrdiff_t ld, ptrdiff_t rows, ptrdiff_t n, int w,
-                   float* dst, float* sum) {
-    switch (w) {
-        case 16: tg_lin_pack_panels_w(src, ld, rows, n, 16, dst, sum); break;
-        default: tg_lin_pack_panels_w(src, ld, rows, n, 32, dst, sum); break;
     }
 }
 
@@ -323,24 +314,25 @@ static inline int tg_lin_cpu_isa(void) {
     return 0;
 }
 
-/* tg_lin_pack_panels compiled for each ISA: the copies and dbias's sums in whole vectors of
-   that ISA (the same sums in the same order, so the same bits). The drivers around them are
+/* tg_lin_pack_panels_w compiled for each ISA, with its panel width (nr): the copies and
+   dbias's sums in whole vectors of that ISA (the same sums in the same order, so the same
+   bits). The drivers around them are
    compiled for baseline x86-64, whose 16-byte copies had taken the plain linear backwards of
    a training step 0.9-1.7 ms longer (two runs of 60 step pairs, the two toggled within one
    process; AMD EPYC Zen 5, 2 threads). */
 typedef void (*tg_pack_fn)(const float* src, ptrdiff_t ld, ptrdiff_t rows, ptrdiff_t n,
-                           int w, float* dst, float* sum);
+                           float* dst, float* sum);
 
 __attribute__((target("avx512f"))) static void
-tg_lin_pack_panels16(const float* src, ptrdiff_t ld, ptrdiff_t rows, ptrdiff_t n, int w,
-                     float* dst, float* sum) {
-    tg_lin_pack_panels(src, ld, rows, n, w, dst, sum);
+tg_lin_pack_panels16(const float* src, ptrdiff_t ld, ptrdiff_t rows, ptrdiff_t n, float* dst,
+                     float* sum) {
+    tg_lin_pack_panels_w(src, ld, rows, n, TG_LIN_NR_MAX, dst, sum);
 }
 
 __attribute__((target("avx2,fma"))) static void
-tg_lin_pack_panels8(const float* src, ptrdiff_t ld, ptrdiff_t rows, ptrdiff_t n, int w,
-                    float* dst, float* sum) {
-    tg_lin_pack_panels(src, ld, rows, n, w, dst, sum);
+tg_lin_pack_panels8(const float* src, ptrdiff_t ld, ptrdiff_t rows, ptrdiff_t n, float* dst,
+                    float* sum) {
+    tg_lin_pack_panels_w(src, ld, rows, n, TG_LIN_NR_AVX2, dst, sum);
 }
 
 /* x_outer: the order of dweight's tiles (tg_lin_dweight_rows). */
@@ -435,7 +427,7 @@ static void tg_lin_dweight_rows(const tg_lin_isa_t* t, const float* x, const flo
     if (!beta)
         for (j = 0; j < M; j++)
             db[j] = 0.0f;
-    t->pack(dout, M, rows, M, t->nr, dp, db);
+    t->pack(dout, M, rows, M, dp, db);
     for (tile = 0; tile < tiles; tile++) {
         ptrdiff_t i0 = (t->x_outer ? tile / panels : tile % strips) * t->mr;
         ptrdiff_t j0 = (t->x_outer ? tile % panels : tile / strips) * t->nr;
