@@ -762,8 +762,17 @@ def print_targets(r):
     print("\ntargets (each against this run's own figures)")
     for name, t in r["targets"].items():
         met = {True: "met", False: "NOT MET", None: "not measured"}[t["met"]]
-        value = fmt(t["value"], ",.0f" if t["value"] is not None and t["value"] >= 100 else ".2f")
+        value = fmt(t["value"], ",.0f" if t["value"] is not None and t["value"] >= 100
+                    else f".{target_digits(t['value'], t['bound'])}f")
         print(f"{name:<38} {value:>8}  {t['goal']:<50} {met}")
+
+
+def target_digits(value, bound, digits=2):
+    """Decimals enough that value and bound print apart (0.7997 is not shown as 0.80 >= 0.80)."""
+    while (value is not None and bound is not None and value != bound and digits < 6
+           and f"{value:.{digits}f}" == f"{bound:.{digits}f}"):
+        digits += 1
+    return digits
 
 
 def print_memory(r):

@@ -300,6 +300,14 @@ def assert_targets(report, stdout, bench):
         assert printed[name].endswith(verdict), printed[name]
 
 
+def test_a_figure_just_short_of_its_bound_prints_with_the_digits_that_show_it(bench):
+    assert bench.target_digits(0.84, 0.80) == 2
+    assert bench.target_digits(0.797, 0.80) == 3  # not "0.80 >= 0.80 ... NOT MET"
+    assert bench.target_digits(0.7997, 0.80) == 4
+    assert bench.target_digits(0.80, 0.80) == 2  # equal: nothing to tell apart
+    assert bench.target_digits(None, 0.80) == 2
+
+
 # ---------------------------------------------------------------- the first-loss check
 
 def test_first_losses_that_agree_pass_the_check(bench):
