@@ -122,17 +122,17 @@ static inline void tg_lin_pack(const float* src, ptrdiff_t rs, ptrdiff_t cs, ptr
 
 /* Pack rows of a (rows, n) row-major block into panels of W columns each (W = 16 or 32),
    dst[(j0 / W) * rows * W + p * W + jj] = src[p * ld + j0 + jj], zeros past column n,
-   adding each column into sum[j] (row by row, in order). W is a constant in
-   each ISA's copy (tg_lin_pack_panels16 and 8), so the copies inline and vectorize. The columns go in
-   groups of whole panels, 128 columns: a group's panels (a chunk's 128 rows: 64 KB) stay in
-   L1 and L2's nearest lines while its rows are copied; a whole wide block at once wrote each
-   of its panels a few floats per row (measured when x was packed too, in 12-column panels:
-   x of 8192 x 512, dweight 25% faster on one core, in L2). */
+   adding each column into sum[j] (row by row, in order). W is a constant in each ISA's copy
+   (tg_lin_pack_panels16 and 8), so the copies inline and vectorize. The columns go in groups
+   of whole panels, 128 columns (rounded up to whole panels): a group's panels (a chunk's 128
+   rows: 64 KB) stay in L1 and L2's nearest lines while its rows are copied; a whole wide
+   block at once wrote each of its panels a few floats per row (measured when x was packed
+   too, in 12-column panels: x of 8192 x 512, dweight 25% faster on one core, in L2). */
 static inline __attribute__((always_inline)) void
 tg_lin_pack_panels_w(const float* __restrict src, ptrdiff_t ld, ptrdiff_t rows,
                      ptrdiff_t n, const int W, float* __restrict dst,
                      float* __restrict sum) {
-    const ptrdiff_t group = 128;
+    const ptrdiff_t group = (128 + W - 1) / W * W;
     ptrdiff_t p, g0, j0, full = n / W * W;
     int jj;
     for (g0 = 0; g0 < n; g0 += group) {
@@ -316,10 +316,9 @@ static inline int tg_lin_cpu_isa(void) {
 
 /* tg_lin_pack_panels_w compiled for each ISA, with its panel width (nr): the copies and
    dbias's sums in whole vectors of that ISA (the same sums in the same order, so the same
-   bits). The drivers around them are
-   compiled for baseline x86-64, whose 16-byte copies had taken the plain linear backwards of
-   a training step 0.9-1.7 ms longer (two runs of 60 step pairs, the two toggled within one
-   process; AMD EPYC Zen 5, 2 threads). */
+   bits). The drivers around them are compiled for baseline x86-64, whose 16-byte copies had
+   taken the plain linear backwards of a training step 0.9-1.7 ms longer (two runs of 60 step
+   pairs, the two toggled within one process; AMD EPYC Zen 5, 2 threads). */
 typedef void (*tg_pack_fn)(const float* src, ptrdiff_t ld, ptrdiff_t rows, ptrdiff_t n,
                            float* dst, float* sum);
 
